@@ -1,0 +1,68 @@
+"""MAML (Finn et al. 2017): learn an initialisation from which a few gradient steps fit a task.
+
+The meta-objective of a task is its query loss after adapting on its support set; its
+gradient flows back through the adaptation (second order) unless ``first_order`` is set.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metalab.errors import ConfigError
+from metalab.inner_loop import InnerLoop, Params
+
+
+class MAML:
+    def __init__(
+        self,
+        inner_loop: InnerLoop,
+        inner_steps: int,
+        inner_lr: float,
+        eval_inner_steps: int,
+        eval_inner_lr: float,
+        first_order: bool = False,
+    ) -> None:
+        for key, value in [("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)]:
+            if value < 1:
+                raise ConfigError(f"algorithm.{key}={value}: set it to at least 1.")
+        for key, value in [("inner_lr", inner_lr), ("eval_inner_lr", eval_inner_lr)]:
+            if not value > 0:
+                raise ConfigError(f"algorithm.{key}={value}: the learning rate must be positive.")
+        self.inner_loop = inner_loop
+        self.inner_steps, self.inner_lr = inner_steps, inner_lr
+        self.eval_inner_steps, self.eval_inner_lr = eval_inner_steps, eval_inner_lr
+        self.first_order = first_order
+
+    def meta_objective(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The task's query loss at the adapted parameters, and its metric (for logging)."""
+        adapted = self.inner_loop.adapt(
+            params, support_x, support_y, self.inner_steps, self.inner_lr, self.first_order
+        )
+        prediction = self.inner_loop.predict(adapted, query_x)
+        kind = self.inner_loop.kind
+        return kind.loss(prediction, query_y), kind.metric(prediction.detach(), query_y)
+
+    def evaluate(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        return self.inner_loop.evaluate(
+            params,
+            support_x,
+            support_y,
+            query_x,
+            query_y,
+            self.eval_inner_steps,
+            self.eval_inner_lr,
+        )

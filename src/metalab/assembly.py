@@ -1,0 +1,89 @@
+"""Turns a composed config into data, a module and the protocol record, for train and eval."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from metalab.data.datamodule import EpisodeDataModule, build_sources
+from metalab.errors import ConfigError
+from metalab.module import MetaLearner
+
+BATCH_NORM_MODE = {
+    "batch": "batch statistics at training and test time (transductive at test, as MAML's code)",
+    "none": "no normalisation",
+}
+
+
+def check_positive(cfg: DictConfig) -> None:
+    """Refuse values that cannot work before any data is loaded or time is spent."""
+    checks = {
+        "algorithm.meta_batch": cfg.algorithm.meta_batch,
+        "trainer.max_steps": cfg.trainer.max_steps,
+        "val.tasks": cfg.val.tasks,
+        "eval.tasks": cfg.eval.tasks,
+        "eval.batch": cfg.eval.batch,
+    }
+    for key, value in checks.items():
+        if not value > 0:
+            raise ConfigError(f"{key}={value}: it must be a positive number.")
+
+
+def check_head(cfg: DictConfig) -> None:
+    """A linear head has one output per training way; it cannot score a different number."""
+    dataset = cfg.dataset
+    if dataset.task == "classification" and dataset.test_ways != dataset.ways:
+        raise ConfigError(
+            f"dataset.test_ways={dataset.test_ways} differs from dataset.ways={dataset.ways}, but "
+            f"algorithm={cfg.algorithm.name} learns a {dataset.ways}-way output layer: "
+            "evaluate with the training ways, or train with dataset.ways equal to test_ways."
+        )
+
+
+def build_data(cfg: DictConfig) -> tuple[EpisodeDataModule, tuple[int, ...], int]:
+    sources = build_sources(cfg.dataset)
+    data = EpisodeDataModule(
+        sources,
+        meta_batch=int(cfg.algorithm.meta_batch),
+        seed=int(cfg.seed),
+        val_tasks=int(cfg.val.tasks),
+        test_tasks=int(cfg.eval.tasks),
+        eval_batch=int(cfg.eval.batch),
+    )
+    example = sources["train"].sample(torch.Generator().manual_seed(0))
+    in_shape = tuple(example.support_x.shape[1:])
+    if cfg.dataset.task == "classification":
+        out_features = int(cfg.dataset.ways)
+    else:
+        out_features = int(example.support_y.shape[-1])
+    return data, in_shape, out_features
+
+
+def build_module(cfg: DictConfig, in_shape: tuple[int, ...], out_features: int) -> MetaLearner:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    return MetaLearner(plain, in_shape, out_features)
+
+
+def protocol(cfg: DictConfig, split: str = "test") -> dict[str, Any]:
+    """What a test number means: enough to reproduce it or to refuse comparing it."""
+    dataset, algorithm = cfg.dataset, cfg.algorithm
+    record: dict[str, Any] = {"dataset": dataset.name, "split": split}
+    if dataset.task == "classification":
+        record.update(
+            data_split=dataset.split,
+            ways=dataset.test_ways,
+            shots=dataset.test_shots,
+            queries=dataset.test_queries,
+        )
+    else:
+        record.update(shots=dataset.test_shots, queries=dataset.test_queries)
+    record.update(
+        inner_steps=algorithm.eval_inner_steps,
+        inner_lr=algorithm.eval_inner_lr,
+        tasks=cfg.eval.tasks,
+        batch_norm=BATCH_NORM_MODE.get(cfg.model.get("norm", "none"), cfg.model.get("norm")),
+    )
+    return record

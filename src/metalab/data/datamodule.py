@@ -1,0 +1,84 @@
+"""Lightning's view of the episodic data: an endless training stream, fixed val/test episodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from metalab.data.episodes import (
+    TEST_STREAM,
+    VAL_STREAM,
+    FixedEpisodes,
+    NWayKShot,
+    TaskSource,
+    TrainEpisodes,
+)
+from metalab.data.sinusoid import SinusoidTasks
+from metalab.data.tasks import TaskBatch
+from metalab.errors import ConfigError
+
+DATASETS = ("sinusoid", "omniglot")
+
+
+def build_sources(cfg: Any) -> dict[str, TaskSource]:
+    """Task sources for "train", "val" and "test"; val/test use the test-time ways/shots."""
+    if cfg.name == "sinusoid":
+        return {
+            "train": SinusoidTasks(int(cfg.shots), int(cfg.queries)),
+            "val": SinusoidTasks(int(cfg.test_shots), int(cfg.test_queries)),
+            "test": SinusoidTasks(int(cfg.test_shots), int(cfg.test_queries)),
+        }
+    if cfg.name == "omniglot":
+        from metalab.data.omniglot import load_omniglot
+
+        pools = load_omniglot(
+            cfg.root,
+            split=cfg.split,
+            image_size=int(cfg.image_size),
+            rotations=tuple(cfg.rotations),
+            cache_dir=cfg.cache_dir,
+            download=bool(cfg.download),
+            seed=int(cfg.split_seed),
+        )
+        return {
+            "train": NWayKShot(pools["train"], cfg.ways, cfg.shots, cfg.queries, "train"),
+            "val": NWayKShot(pools["val"], cfg.test_ways, cfg.test_shots, cfg.test_queries, "val"),
+            "test": NWayKShot(
+                pools["test"], cfg.test_ways, cfg.test_shots, cfg.test_queries, "test"
+            ),
+        }
+    raise ConfigError(f"dataset.name={cfg.name!r} is not known: choose one of {DATASETS}.")
+
+
+class EpisodeDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        sources: dict[str, TaskSource],
+        meta_batch: int,
+        seed: int,
+        val_tasks: int,
+        test_tasks: int,
+        eval_batch: int,
+    ) -> None:
+        super().__init__()
+        if eval_batch < 1:
+            raise ConfigError(f"eval.batch={eval_batch}: set it to at least 1 task.")
+        self.sources, self.meta_batch, self.seed = sources, meta_batch, seed
+        self.val_tasks, self.test_tasks, self.eval_batch = val_tasks, test_tasks, eval_batch
+        self.train_episodes = TrainEpisodes(sources["train"], meta_batch, seed)
+        self.val_episodes = FixedEpisodes(sources["val"], val_tasks, VAL_STREAM)
+        self.test_episodes = FixedEpisodes(sources["test"], test_tasks, TEST_STREAM)
+
+    def _fixed(self, episodes: FixedEpisodes) -> DataLoader:
+        return DataLoader(episodes, batch_size=self.eval_batch, collate_fn=TaskBatch.stack)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_episodes, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._fixed(self.val_episodes)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._fixed(self.test_episodes)

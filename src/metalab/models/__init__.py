@@ -1,0 +1,37 @@
+"""Models by name: ``conf/model/<name>.yaml`` selects a class here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from metalab.errors import ConfigError
+from metalab.models.conv4 import Conv4
+from metalab.models.mlp import MLP
+
+
+def build_model(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> nn.Module:
+    """Build the model for inputs of ``in_shape`` (one example) and ``out_features`` outputs."""
+    if cfg.name == "mlp":
+        if len(in_shape) != 1:
+            raise ConfigError(
+                f"model=mlp takes flat inputs but this dataset gives {tuple(in_shape)}: "
+                "use model=conv4 for images."
+            )
+        return MLP(in_shape[0], out_features, tuple(cfg.hidden))
+    if cfg.name == "conv4":
+        if len(in_shape) != 3:
+            raise ConfigError(
+                f"model=conv4 takes images [channels, height, width] but this dataset gives "
+                f"{tuple(in_shape)}: use model=mlp for vector inputs."
+            )
+        return Conv4(
+            in_shape[0],
+            out_features,
+            image_size=in_shape[-1],
+            channels=int(cfg.channels),
+            blocks=int(cfg.blocks),
+            norm=str(cfg.norm),
+        )
+    raise ConfigError(f"model.name={cfg.name!r} is not known: choose mlp or conv4.")

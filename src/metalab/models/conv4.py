@@ -1,0 +1,59 @@
+"""Conv-4: the four-block convolutional backbone of MAML, ProtoNets and most few-shot work.
+
+Each block is a 3x3 convolution, normalisation, ReLU and 2x2 max-pooling; a linear head
+maps the flattened features to the classes of a task.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from metalab.errors import ConfigError
+from metalab.models.norm import BatchStatNorm
+
+NORMS = ("batch", "none")
+
+
+def conv_block(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1)]
+    if norm == "batch":
+        layers.append(BatchStatNorm(out_channels))
+    layers += [nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*layers)
+
+
+def feature_size(image_size: int, blocks: int) -> int:
+    for _ in range(blocks):
+        image_size //= 2
+    return image_size
+
+
+class Conv4(nn.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        out_features: int,
+        image_size: int,
+        channels: int = 64,
+        blocks: int = 4,
+        norm: str = "batch",
+    ) -> None:
+        super().__init__()
+        if norm not in NORMS:
+            raise ConfigError(
+                f"model.norm={norm!r} is not known: choose one of {', '.join(NORMS)}."
+            )
+        side = feature_size(image_size, blocks)
+        if side < 1:
+            raise ConfigError(
+                f"{image_size}x{image_size} images are too small for {blocks} pooling blocks: "
+                "use larger images or fewer model.blocks."
+            )
+        widths = [in_channels] + [channels] * blocks
+        self.features = nn.Sequential(
+            *(conv_block(a, b, norm) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        )
+        self.head = nn.Linear(channels * side * side, out_features)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))

@@ -1,0 +1,140 @@
+"""The one LightningModule: a bilevel meta-training step with manual optimisation.
+
+Lightning owns the loop, devices, checkpoints and logging; this module owns what happens
+in one outer step: run the algorithm's per-task objective over the meta-batch with the
+chosen execution strategy, back-propagate with ``manual_backward``, clip, step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from metalab.algorithms import build_algorithm
+from metalab.data.tasks import TaskBatch
+from metalab.errors import MetalabError
+from metalab.execution import build_strategy
+from metalab.inner_loop import InnerLoop
+from metalab.losses import TASK_KINDS
+from metalab.models import build_model
+from metalab.results import mean_and_ci95
+
+
+class NonFiniteLossError(MetalabError):
+    """The meta-training loss became NaN or infinite."""
+
+
+class MetaLearner(pl.LightningModule):
+    def __init__(self, cfg: dict[str, Any], in_shape: tuple[int, ...], out_features: int):
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.cfg = OmegaConf.create(cfg)
+        self.kind = TASK_KINDS[self.cfg.dataset.task]
+        self.model = build_model(self.cfg.model, tuple(in_shape), out_features)
+        self.algorithm = build_algorithm(self.cfg.algorithm, InnerLoop(self.model, self.kind))
+        chunk = self.cfg.vmap_chunk
+        self.strategy = build_strategy(
+            str(self.cfg.strategy), None if chunk is None else int(chunk)
+        )
+        self._test_values: list[torch.Tensor] = []
+        self.test_summary: dict[str, Any] | None = None
+
+    @property
+    def metric(self) -> str:
+        return self.kind.metric_name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        if isinstance(batch, TaskBatch):
+            return batch.to(device, self.dtype)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def training_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        params = dict(self.model.named_parameters())
+        losses, metrics = self.strategy.meta_gradient(
+            self.algorithm.meta_objective, params, batch, self.manual_backward
+        )
+        loss = losses.mean()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the meta-training loss is {loss.item()} at step {self.global_step}: the inner "
+                f"or outer learning rate is probably too high (algorithm.inner_lr="
+                f"{self.cfg.algorithm.inner_lr}, optimizer.lr={self.cfg.optimizer.lr}); lower it."
+            )
+        clip = self.cfg.optimizer.grad_clip
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=float(clip))
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        self.log(f"train/{self.metric}", metrics.mean(), prog_bar=True, batch_size=len(batch))
+
+    def _evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """Per-task query loss and metric at every inner step, shape [tasks, steps + 1]."""
+        params = {k: p.detach() for k, p in self.model.named_parameters()}
+        with torch.enable_grad():
+            return self.strategy.map(self.algorithm.evaluate, params, batch)
+
+    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        out = self._evaluate(batch)
+        n = len(batch)
+        self.log("val/loss", out["loss"][:, -1].mean(), batch_size=n, sync_dist=True)
+        self.log(
+            f"val/{self.metric}",
+            out["metric"][:, -1].mean(),
+            batch_size=n,
+            prog_bar=True,
+            sync_dist=True,
+        )
+
+    def on_test_epoch_start(self) -> None:
+        self._test_values = []
+
+    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._test_values.append(self._evaluate(batch)["metric"])
+
+    def on_test_epoch_end(self) -> None:
+        values = torch.cat(self._test_values)
+        gathered = self.all_gather(values)
+        values = gathered.reshape(-1, values.shape[-1]) if gathered.dim() > 2 else gathered
+        per_step = [mean_and_ci95(values[:, step]) for step in range(values.shape[1])]
+        mean, ci = per_step[-1]
+        self.log(f"test/{self.metric}", mean, sync_dist=False)
+        self.log(f"test/{self.metric}_ci95", ci, sync_dist=False)
+        for step, (m, _) in enumerate(per_step):
+            self.log(f"test/{self.metric}_step{step}", m, sync_dist=False)
+        self.test_summary = {
+            "metric": self.metric,
+            "mean": mean,
+            "ci95": ci,
+            "tasks": int(values.shape[0]),
+            "per_step": [{"step": s, "mean": m, "ci95": c} for s, (m, c) in enumerate(per_step)],
+        }
+
+    def configure_optimizers(self):
+        opt_cfg = self.cfg.optimizer
+        if not opt_cfg.lr > 0:
+            raise MetalabError(f"optimizer.lr={opt_cfg.lr}: the outer learning rate must be > 0.")
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=float(opt_cfg.lr))
+        if opt_cfg.scheduler in (None, "none"):
+            return optimizer
+        if opt_cfg.scheduler == "cosine":
+            total = max(1, int(self.trainer.max_steps))
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+            )
+            return {"optimizer": optimizer, "lr_scheduler": schedule}
+        raise MetalabError(
+            f"optimizer.scheduler={opt_cfg.scheduler!r} is not known: choose none or cosine."
+        )

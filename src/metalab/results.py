@@ -1,0 +1,42 @@
+"""Summaries of evaluation episodes and the ``results.json`` every run leaves behind."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import metalab
+
+
+def mean_and_ci95(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and the half-width of the normal 95% interval, 1.96 * std / sqrt(n)."""
+    values = values.double()
+    n = values.numel()
+    std = values.std(unbiased=True).item() if n > 1 else 0.0
+    return values.mean().item(), 1.96 * std / math.sqrt(n)
+
+
+def git_commit() -> str | None:
+    """The commit of the metalab checkout in use, or None for an installed wheel."""
+    here = Path(metalab.__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically, so a crash mid-write never leaves a half file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
