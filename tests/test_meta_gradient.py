@@ -94,8 +94,8 @@ def test_first_order_differs_from_second_order(case):
     assert relative_error(first, second) > 1e-3
 
 
-def test_batch_stat_norm_equals_native_batch_norm():
-    from metalab.models.norm import BatchStatNorm
+def test_decomposed_batch_norm_equals_native_batch_norm():
+    from metalab.models.norm import BatchStatNorm, decomposed_batch_norm
 
     norm = BatchStatNorm(3).double()
     with torch.no_grad():
@@ -103,4 +103,7 @@ def test_batch_stat_norm_equals_native_batch_norm():
         norm.bias.uniform_(-1, 1)
     x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
     native = F.batch_norm(x, None, None, norm.weight, norm.bias, training=True)
+    with decomposed_batch_norm():
+        decomposed = norm(x)
+    torch.testing.assert_close(decomposed, native)
     torch.testing.assert_close(norm(x), native)

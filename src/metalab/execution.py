@@ -21,6 +21,7 @@ from torch.func import vmap
 from metalab.data.tasks import TaskBatch
 from metalab.errors import ConfigError
 from metalab.inner_loop import Params
+from metalab.models.norm import decomposed_batch_norm
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ class VmapStrategy:
         batched = vmap(fn, in_dims=(None, 0, 0, 0, 0))
         losses, metrics = [], []
         for args in self._chunks(batch):
-            loss, metric = batched(params, *args)
+            with decomposed_batch_norm():
+                loss, metric = batched(params, *args)
             backward(loss.sum() / len(batch))
             losses.append(loss.detach())
             metrics.append(metric.detach())
@@ -81,7 +83,8 @@ class VmapStrategy:
 
     def map(self, fn: TaskFn, params: Params, batch: TaskBatch) -> dict[str, torch.Tensor]:
         batched = vmap(fn, in_dims=(None, 0, 0, 0, 0))
-        outputs = [batched(params, *args) for args in self._chunks(batch)]
+        with decomposed_batch_norm():
+            outputs = [batched(params, *args) for args in self._chunks(batch)]
         return {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
 
 

@@ -31,7 +31,7 @@ class NonFiniteLossError(MetalabError):
 class MetaLearner(pl.LightningModule):
     def __init__(self, cfg: dict[str, Any], in_shape: tuple[int, ...], out_features: int):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # W&B gets the resolved config itself
         self.automatic_optimization = False
         self.cfg = OmegaConf.create(cfg)
         self.kind = TASK_KINDS[self.cfg.dataset.task]

@@ -11,7 +11,7 @@ from rich.table import Table
 
 def print_test_summary(summary: dict[str, Any], protocol: dict[str, Any], where: Path) -> None:
     metric = summary["metric"]
-    table = Table(title=f"test {metric} over {summary['tasks']} tasks (mean +- 95% CI)")
+    table = Table(title=f"test {metric}, {summary['tasks']} tasks, mean +- 95% CI")
     table.add_column("inner steps", justify="right")
     table.add_column(metric, justify="right")
     scale = 100.0 if metric == "acc" else 1.0

@@ -1,0 +1,41 @@
+"""Run metalab's console scripts as a user would: in a subprocess, from a given directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPTS = {"metalab-train": "metalab.train", "metalab-eval": "metalab.evaluate"}
+
+
+def run_cli(
+    command: str, *args: str, cwd: Path, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """Run a console script (found next to this Python, else as ``python -m``)."""
+    script = Path(sys.executable).with_name(command)
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", SCRIPTS[command]]
+    env = dict(os.environ, WANDB_SILENT="true", HYDRA_FULL_ERROR="0")
+    return subprocess.run(
+        [*argv, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def wandb_summary(run_dir: Path) -> dict:
+    """The offline W&B run of a job, read the documented way (`wandb leet inspect`)."""
+    wandb = shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
+    out = subprocess.run(
+        [wandb, "leet", "inspect", "--summary", "--json", str(run_dir / "wandb")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def read_results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
