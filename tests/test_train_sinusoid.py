@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import pytorch_lightning as pl
-from cli import read_results, run_cli, wandb_summary
 from omegaconf import OmegaConf
 
+from cli import read_results, run_cli, wandb_summary
 from metalab.assembly import build_data, build_module
 
 TRAIN = [
