@@ -37,5 +37,19 @@ def wandb_summary(run_dir: Path) -> dict:
     return json.loads(out.stdout)
 
 
+def wandb_run_record(run_dir: Path) -> dict:
+    """The `run` record of a job's offline W&B log (it carries the group and the config)."""
+    wandb = shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
+    out = subprocess.run(
+        [wandb, "leet", "inspect", "--json", str(run_dir / "wandb")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return next(r["run"] for r in records if r.get("type") == "run")
+
+
 def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())

@@ -1,0 +1,93 @@
+"""Every config group option and experiment preset composes, with the published values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from metalab.paths import config_dir
+
+CONF = Path(config_dir())
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_groups_hold_the_documented_options():
+    assert options("algorithm") == ["fomaml", "maml"]
+    assert options("dataset") == ["omniglot", "sinusoid"]
+    assert options("model") == ["conv4", "mlp"]
+    assert options("trainer") == ["cpu", "gpu"]
+    assert options("logger") == ["csv", "none", "wandb"]
+    assert options("experiment") == [
+        "fomaml_omniglot_5w1s",
+        "maml_omniglot_20w1s",
+        "maml_omniglot_5w1s",
+        "maml_sinusoid",
+    ]
+
+
+@pytest.mark.parametrize("group", ["algorithm", "dataset", "model", "trainer", "logger"])
+def test_every_group_option_composes(group):
+    for option in options(group):
+        cfg = compose_train(f"{group}={option}")
+        assert cfg[group] is not None
+
+
+def test_default_is_maml_on_sinusoid_offline():
+    cfg = compose_train()
+    assert (cfg.algorithm.name, cfg.dataset.name, cfg.model.name) == ("maml", "sinusoid", "mlp")
+    assert cfg.logger.wandb.mode == "offline"
+    assert not cfg.algorithm.first_order
+
+
+PUBLISHED = {
+    "maml_sinusoid": dict(inner_steps=1, inner_lr=0.01, meta_batch=25, max_steps=70000),
+    "maml_omniglot_5w1s": dict(
+        ways=5,
+        shots=1,
+        inner_steps=1,
+        inner_lr=0.4,
+        eval_inner_steps=3,
+        meta_batch=32,
+        max_steps=60000,
+    ),
+    "maml_omniglot_20w1s": dict(
+        ways=20,
+        shots=1,
+        inner_steps=5,
+        inner_lr=0.1,
+        eval_inner_steps=5,
+        meta_batch=16,
+        max_steps=60000,
+    ),
+    "fomaml_omniglot_5w1s": dict(
+        ways=5,
+        shots=1,
+        inner_steps=1,
+        inner_lr=0.4,
+        eval_inner_steps=3,
+        meta_batch=32,
+        max_steps=60000,
+        first_order=True,
+    ),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(PUBLISHED))
+def test_experiment_presets_carry_the_papers_hyperparameters(experiment):
+    cfg = compose_train(f"experiment={experiment}")
+    flat = {**cfg.algorithm, **cfg.dataset, "max_steps": cfg.trainer.max_steps}
+    for key, value in PUBLISHED[experiment].items():
+        assert flat[key] == value, key
+    assert cfg.optimizer.lr == 0.001
+    expected_algorithm = "fomaml" if experiment.startswith("fomaml") else "maml"
+    assert cfg.algorithm.name == expected_algorithm
