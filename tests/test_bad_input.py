@@ -7,11 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
-from cli import run_cli
+from cli import run_cli, wandb_summary
 from metalab.algorithms import build_algorithm
-from metalab.assembly import build_data, check_head, check_positive
+from metalab.assembly import build_data, check_device, check_head, check_positive
 from metalab.errors import ConfigError, MetalabError
 from metalab.inner_loop import InnerLoop
 from metalab.losses import REGRESSION
@@ -105,6 +106,12 @@ def test_test_ways_different_from_training_ways_with_a_fixed_head():
         check_head(cfg)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_trainer_without_a_gpu_says_use_cpu():
+    with pytest.raises(ConfigError, match="use trainer=cpu"):
+        check_device(compose_train("trainer=gpu"))
+
+
 def test_sinusoid_without_support_points_is_refused():
     with pytest.raises(ConfigError, match="shots=0"):
         build_data(compose_train("dataset.shots=0"))
@@ -128,3 +135,21 @@ def test_episodes_larger_than_the_split_allows(override, message):
     cfg = compose_train("dataset=omniglot", "model=conv4", f"dataset.root={root}", override)
     with pytest.raises(MetalabError, match=message):
         build_data(cfg)
+
+
+def test_diverging_run_stops_with_the_step_and_closes_the_wandb_run(tmp_path):
+    run_dir = tmp_path / "run"
+    out = run_cli(
+        "metalab-train",
+        "optimizer.lr=1e30",
+        "trainer.max_steps=50",
+        "strategy=loop",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert out.returncode != 0
+    assert "the meta-training loss is" in out.stderr and "at step" in out.stderr
+    assert "learning rate" in out.stderr and "Traceback" not in out.stderr
+    assert not (run_dir / "results.json").exists()
+    summary = wandb_summary(run_dir)
+    assert summary["state"] != "running" and summary["exit_code"] == 1

@@ -31,6 +31,14 @@ def check_positive(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value}: it must be a positive number.")
 
 
+def check_device(cfg: DictConfig) -> None:
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer={cfg.trainer.accelerator} but no CUDA GPU is visible to torch "
+            f"{torch.__version__}: use trainer=cpu, or install a CUDA build of torch."
+        )
+
+
 def check_head(cfg: DictConfig) -> None:
     """A linear head has one output per training way; it cannot score a different number."""
     dataset = cfg.dataset

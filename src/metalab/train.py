@@ -21,7 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 import metalab
-from metalab.assembly import build_data, build_module, check_head, check_positive, protocol
+from metalab.assembly import (
+    build_data,
+    build_module,
+    check_device,
+    check_head,
+    check_positive,
+    protocol,
+)
 from metalab.errors import ConfigError, MetalabError
 from metalab.loggers import build_loggers, finish_wandb
 from metalab.paths import config_dir
@@ -83,6 +90,7 @@ def train(cfg: DictConfig) -> float | None:
     guard_run_dir(run_dir)
     check_positive(cfg)
     check_head(cfg)
+    check_device(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     data, in_shape, out_features = build_data(cfg)
     module = build_module(cfg, in_shape, out_features)
