@@ -21,7 +21,9 @@ from reference import conv4_forward, maml_meta_gradient, mlp_forward, relative_e
 STRATEGIES = {
     "loop": LoopStrategy,
     "vmap": lambda: VmapStrategy(chunk=2),
-    "auto": lambda: AutoStrategy([LoopStrategy(), VmapStrategy(chunk=3)], repeats=1),
+    "auto": lambda: AutoStrategy(
+        [LoopStrategy(), VmapStrategy(chunk=3)], min_repeats=1, max_repeats=1
+    ),
 }
 
 
@@ -107,3 +109,26 @@ def test_decomposed_batch_norm_equals_native_batch_norm():
         decomposed = norm(x)
     torch.testing.assert_close(decomposed, native)
     torch.testing.assert_close(norm(x), native)
+
+
+class SleepyLoop(LoopStrategy):
+    """A loop made slower by a fixed delay, to see that auto measures rather than guesses."""
+
+    def __init__(self, delay: float, name: str) -> None:
+        self.delay, self.name = delay, name
+
+    def meta_gradient(self, *args):
+        import time
+
+        time.sleep(self.delay)
+        return super().meta_gradient(*args)
+
+
+@pytest.mark.parametrize("slow_first", [True, False])
+def test_auto_keeps_the_candidate_it_measured_fastest(slow_first):
+    model, _, kind, batch, lr = mlp_case()
+    slow, fast = SleepyLoop(0.05, "slow"), SleepyLoop(0.0, "fast")
+    auto = AutoStrategy([slow, fast] if slow_first else [fast, slow], min_seconds=0.0)
+    metalab_meta_gradient(model, kind, batch, auto, 1, lr, False)
+    assert auto.chosen is fast and auto.name == "auto -> fast"
+    assert set(auto.timings) == {"slow", "fast"}

@@ -11,7 +11,6 @@ always larger than a loop, on a GPU the reverse, so only a measurement can tell.
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from collections.abc import Callable
 
@@ -92,11 +91,20 @@ class AutoStrategy:
     """Measures each candidate on the first meta-batch and delegates to the fastest.
 
     Timing uses the real meta-batch (small trial batches mislead: vmap's cost per task
-    falls with the batch) and the median of ``repeats`` runs after a warm-up.
+    falls with the batch). After a warm-up (vmap's first call alone can take seconds),
+    each candidate runs until ``min_seconds`` have passed or ``max_repeats`` runs, at least
+    ``min_repeats``; the fastest run counts, since on a shared machine noise only adds time.
     """
 
-    def __init__(self, candidates: list, trial_tasks: int | None = None, repeats: int = 3) -> None:
-        self.candidates, self.trial_tasks, self.repeats = candidates, trial_tasks, repeats
+    def __init__(
+        self,
+        candidates: list,
+        min_repeats: int = 2,
+        max_repeats: int = 8,
+        min_seconds: float = 1.0,
+    ) -> None:
+        self.candidates = candidates
+        self.min_repeats, self.max_repeats, self.min_seconds = min_repeats, max_repeats, min_seconds
         self.chosen = None
         self.timings: dict[str, float] = {}
 
@@ -104,25 +112,33 @@ class AutoStrategy:
     def name(self) -> str:
         return f"auto -> {self.chosen.name}" if self.chosen else "auto (not yet measured)"
 
+    def _fastest_run(self, run: Callable[[], object], on_cuda: bool) -> float:
+        run()  # warm-up
+        runs: list[float] = []
+        while len(runs) < self.max_repeats and (
+            len(runs) < self.min_repeats or sum(runs) < self.min_seconds
+        ):
+            if on_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            run()
+            if on_cuda:
+                torch.cuda.synchronize()
+            runs.append(time.perf_counter() - start)
+        return min(runs)
+
     def _measure(self, fn: TaskFn, params: Params, batch: TaskBatch) -> None:
-        trial = batch.slice(0, self.trial_tasks or len(batch))
         leaves = list(params.values())
 
         def discard(loss: torch.Tensor) -> None:
             torch.autograd.grad(loss, leaves, allow_unused=True)
 
         for strategy in self.candidates:
-            strategy.meta_gradient(fn, params, trial, discard)  # warm-up
-            seconds = []
-            for _ in range(self.repeats):
-                if trial.support_x.is_cuda:
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                strategy.meta_gradient(fn, params, trial, discard)
-                if trial.support_x.is_cuda:
-                    torch.cuda.synchronize()
-                seconds.append(time.perf_counter() - start)
-            self.timings[strategy.name] = len(trial) / statistics.median(seconds)
+            seconds = self._fastest_run(
+                lambda s=strategy: s.meta_gradient(fn, params, batch, discard),
+                batch.support_x.is_cuda,
+            )
+            self.timings[strategy.name] = len(batch) / seconds
         self.chosen = max(self.candidates, key=lambda s: self.timings[s.name])
         rates = ", ".join(f"{name} {rate:.1f} tasks/s" for name, rate in self.timings.items())
         log.info("strategy=auto measured %s; chose %s", rates, self.chosen.name)

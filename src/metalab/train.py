@@ -37,7 +37,16 @@ from metalab.results import git_commit, write_json
 
 log = logging.getLogger("metalab")
 
-for pattern in (".*does not have many workers.*", ".*IterableDataset.*__len__.*"):
+# Lightning warnings that do not apply here: episodes are sampled in-process from memory,
+# the run directory always holds Hydra's files before the CSV logger starts, and the
+# module's transfer_batch_to_device is the one meant to be used.
+for pattern in (
+    ".*does not have many workers.*",
+    ".*IterableDataset.*__len__.*",
+    ".*exists and is not empty.*",
+    ".*overridden `transfer_batch_to_device`.*",
+    ".*isinstance\\(treespec, LeafSpec\\).*",
+):
     warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -71,6 +80,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, monitor: str, mo
         devices=t.devices,
         precision=t.precision,
         max_steps=int(t.max_steps),
+        max_time=t.get("max_time"),
         val_check_interval=min(int(t.val_check_interval), int(t.max_steps)),
         check_val_every_n_epoch=None,
         log_every_n_steps=int(t.log_every_n_steps),
