@@ -24,6 +24,13 @@ def run_cli(
     )
 
 
+def train_run(where: Path, *overrides: str) -> Path:
+    """Run metalab-train into ``where/run`` and return that run directory."""
+    out = run_cli("metalab-train", *overrides, f"hydra.run.dir={where / 'run'}", cwd=where)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return where / "run"
+
+
 def wandb_summary(run_dir: Path) -> dict:
     """The offline W&B run of a job, read the documented way (`wandb leet inspect`)."""
     wandb = shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cli import read_results, run_cli, wandb_summary
+from cli import read_results, train_run, wandb_summary
 
 pytestmark = [
     pytest.mark.data,
@@ -32,10 +32,7 @@ TINY_BUDGET = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    where = tmp_path_factory.mktemp("omniglot")
-    out = run_cli("metalab-train", *TINY_BUDGET, f"hydra.run.dir={where / 'run'}", cwd=where)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return where / "run"
+    return train_run(tmp_path_factory.mktemp("omniglot"), *TINY_BUDGET)
 
 
 def test_maml_beats_chance_on_omniglot_5way_1shot(run_dir):

@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
-from cli import read_results, run_cli, wandb_summary
+from cli import read_results, run_cli, train_run, wandb_summary
 from metalab.assembly import build_data, build_module
 
 TRAIN = [
@@ -20,10 +20,7 @@ TRAIN = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    where = tmp_path_factory.mktemp("sinusoid")
-    out = run_cli("metalab-train", *TRAIN, f"hydra.run.dir={where / 'run'}", cwd=where)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return where / "run"
+    return train_run(tmp_path_factory.mktemp("sinusoid"), *TRAIN)
 
 
 def test_results_json_records_metrics_and_protocol(run_dir):
