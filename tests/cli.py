@@ -13,7 +13,7 @@ SCRIPTS = {"metalab-train": "metalab.train", "metalab-eval": "metalab.evaluate"}
 
 
 def run_cli(
-    command: str, *args: str, cwd: Path, timeout: float = 600
+    command: str, *args: str, cwd: Path, timeout: float = 1800
 ) -> subprocess.CompletedProcess:
     """Run a console script (found next to this Python, else as ``python -m``)."""
     script = Path(sys.executable).with_name(command)
