@@ -11,6 +11,7 @@ always larger than a loop, on a GPU the reverse, so only a measurement can tell.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -20,7 +21,7 @@ from torch.func import vmap
 from metalab.data.tasks import TaskBatch
 from metalab.errors import ConfigError
 from metalab.inner_loop import Params
-from metalab.models.norm import decomposed_batch_norm
+from metalab.models.vectorised import vectorised
 
 log = logging.getLogger(__name__)
 
@@ -54,37 +55,102 @@ class LoopStrategy:
 
 
 class VmapStrategy:
-    """``torch.func.vmap`` over chunks of ``chunk`` tasks (None: all); one backward per chunk."""
+    """``torch.func.vmap`` over chunks of tasks; one backward per chunk.
 
-    def __init__(self, chunk: int | None = None) -> None:
+    ``chunk`` tasks per call; with ``chunk=None`` and a ``memory_budget_mib``, the chunk is
+    sized on the first batch from the memory one vmapped task keeps alive, so that a chunk's
+    graph stays within the budget (a vmap over a whole Conv-4 meta-batch takes ~9x the loop's
+    memory); with neither, the whole meta-batch is one call.
+    """
+
+    def __init__(self, chunk: int | None = None, memory_budget_mib: float | None = None) -> None:
         if chunk is not None and chunk < 1:
-            raise ConfigError(f"vmap_chunk={chunk}: set it to at least 1 task, or null for all.")
-        self.chunk = chunk
-        self.name = f"vmap(chunk={chunk or 'all'})"
+            raise ConfigError(f"vmap_chunk={chunk}: set it to at least 1 task, or null for auto.")
+        if memory_budget_mib is not None and not memory_budget_mib > 0:
+            raise ConfigError(
+                f"vmap_memory_mib={memory_budget_mib}: it must be positive, or null for the "
+                "device's default."
+            )
+        self.chunk, self.memory_budget_mib = chunk, memory_budget_mib
+        self.task_mib: float | None = None
 
-    def _chunks(self, batch: TaskBatch):
-        size = self.chunk or len(batch)
+    @property
+    def name(self) -> str:
+        if self.chunk is None and self.memory_budget_mib is not None:
+            return f"vmap(chunk=auto, {self.memory_budget_mib:.0f} MiB)"
+        return f"vmap(chunk={self.chunk or 'all'})"
+
+    def size_chunk(self, fn: TaskFn, params: Params, batch: TaskBatch) -> int:
+        """The chunk for this batch: configured, or what fits the memory budget."""
+        if self.chunk is None and self.memory_budget_mib is not None:
+            if self.task_mib is None:
+                self.task_mib = graph_memory_mib(
+                    lambda: self._run(fn, params, _task_args(batch.slice(0, 1))),
+                    batch.support_x.device,
+                )
+            fits = int(self.memory_budget_mib // max(self.task_mib, 1e-3))
+            self.chunk = max(1, min(len(batch), fits))
+            log.info(
+                "vmap: one task keeps %.1f MiB alive; chunks of %d tasks fit %.0f MiB",
+                self.task_mib,
+                self.chunk,
+                self.memory_budget_mib,
+            )
+        return self.chunk or len(batch)
+
+    @staticmethod
+    def _run(fn: TaskFn, params: Params, args) -> object:
+        with vectorised():
+            return vmap(fn, in_dims=(None, 0, 0, 0, 0))(params, *args)
+
+    def _chunks(self, batch: TaskBatch, size: int):
         for start in range(0, len(batch), size):
             yield _task_args(batch.slice(start, start + size))
 
     def meta_gradient(
         self, fn: TaskFn, params: Params, batch: TaskBatch, backward: Backward
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        batched = vmap(fn, in_dims=(None, 0, 0, 0, 0))
+        size = self.size_chunk(fn, params, batch)
         losses, metrics = [], []
-        for args in self._chunks(batch):
-            with decomposed_batch_norm():
-                loss, metric = batched(params, *args)
+        for args in self._chunks(batch, size):
+            loss, metric = self._run(fn, params, args)
             backward(loss.sum() / len(batch))
             losses.append(loss.detach())
             metrics.append(metric.detach())
         return torch.cat(losses), torch.cat(metrics)
 
     def map(self, fn: TaskFn, params: Params, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        batched = vmap(fn, in_dims=(None, 0, 0, 0, 0))
-        with decomposed_batch_norm():
-            outputs = [batched(params, *args) for args in self._chunks(batch)]
+        size = self.chunk or len(batch)
+        outputs = [self._run(fn, params, args) for args in self._chunks(batch, size)]
         return {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
+
+
+def _resident_mib() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: no cheap reading, so no memory bound from it
+        return 0.0
+
+
+def graph_memory_mib(run: Callable[[], object], device: torch.device) -> float:
+    """Memory that ``run``'s result (with its autograd graph) keeps alive, in MiB.
+
+    CUDA: the allocator's count. CPU: the growth of the resident set while the result is
+    alive (large tensors are mmapped and returned on free, so this tracks the graph).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        result = run()
+        torch.cuda.synchronize(device)
+        grown = (torch.cuda.memory_allocated(device) - before) / 2**20
+    else:
+        before = _resident_mib()
+        result = run()
+        grown = _resident_mib() - before
+    del result
+    return max(grown, 0.0)
 
 
 class AutoStrategy:
@@ -134,12 +200,20 @@ class AutoStrategy:
             torch.autograd.grad(loss, leaves, allow_unused=True)
 
         for strategy in self.candidates:
+            if (
+                isinstance(strategy, VmapStrategy)
+                and len(self.candidates) > 1
+                and strategy.size_chunk(fn, params, batch) == 1 < len(batch)
+            ):
+                log.info("strategy=auto: skipping vmap, one task per chunk is the loop")
+                continue
             seconds = self._fastest_run(
                 lambda s=strategy: s.meta_gradient(fn, params, batch, discard),
                 batch.support_x.is_cuda,
             )
             self.timings[strategy.name] = len(batch) / seconds
-        self.chosen = max(self.candidates, key=lambda s: self.timings[s.name])
+        measured = [s for s in self.candidates if s.name in self.timings]
+        self.chosen = max(measured, key=lambda s: self.timings[s.name])
         rates = ", ".join(f"{name} {rate:.1f} tasks/s" for name, rate in self.timings.items())
         log.info("strategy=auto measured %s; chose %s", rates, self.chosen.name)
 
@@ -157,11 +231,32 @@ class AutoStrategy:
 STRATEGIES = ("loop", "vmap", "auto")
 
 
-def build_strategy(name: str, vmap_chunk: int | None):
+# Default budget for an automatically sized vmap chunk: on a CPU it keeps auto's peak memory
+# within ~1.5x the loop's for Conv-4 (one task ~150 MiB); on a GPU, half its free memory.
+CPU_VMAP_MEMORY_MIB = 256.0
+
+
+def default_vmap_memory_mib(accelerator: str) -> float:
+    if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return free / 2**20 / 2
+    return CPU_VMAP_MEMORY_MIB
+
+
+def build_strategy(
+    name: str,
+    vmap_chunk: int | None,
+    vmap_memory_mib: float | None = None,
+    accelerator: str = "cpu",
+):
+    """``vmap_chunk=None`` sizes vmap's chunks to ``vmap_memory_mib`` (device default if None)."""
+    budget = None
+    if vmap_chunk is None:
+        budget = vmap_memory_mib or default_vmap_memory_mib(accelerator)
     if name == "loop":
         return LoopStrategy()
     if name == "vmap":
-        return VmapStrategy(vmap_chunk)
+        return VmapStrategy(vmap_chunk, budget)
     if name == "auto":
-        return AutoStrategy([LoopStrategy(), VmapStrategy(vmap_chunk)])
+        return AutoStrategy([LoopStrategy(), VmapStrategy(vmap_chunk, budget)])
     raise ConfigError(f"strategy={name!r} is not known: choose one of {', '.join(STRATEGIES)}.")
