@@ -11,7 +11,7 @@ from metalab.algorithms.maml import MAML
 from metalab.data.episodes import NWayKShot
 from metalab.data.sinusoid import SinusoidTasks
 from metalab.data.tasks import TaskBatch
-from metalab.execution import AutoStrategy, LoopStrategy, VmapStrategy
+from metalab.execution import AutoStrategy, HybridStrategy, LoopStrategy, VmapStrategy
 from metalab.inner_loop import InnerLoop
 from metalab.losses import CLASSIFICATION, REGRESSION
 from metalab.models.conv4 import Conv4
@@ -26,6 +26,8 @@ STRATEGIES = {
     "loop": LoopStrategy,
     "vmap": lambda: VmapStrategy(chunk=2),
     "vmap-sized": lambda: VmapStrategy(chunk=None, memory_budget_mib=1e-6),
+    "hybrid": lambda: HybridStrategy(memory_budget_mib=1e9),
+    "hybrid-chunked": lambda: HybridStrategy(memory_budget_mib=1e-6),
     "auto": lambda: AutoStrategy(
         [LoopStrategy(), VmapStrategy(chunk=3)], min_repeats=1, max_repeats=1
     ),

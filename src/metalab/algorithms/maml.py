@@ -42,9 +42,21 @@ class MAML:
         query_y: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The task's query loss at the adapted parameters, and its metric (for logging)."""
-        adapted = self.inner_loop.adapt(
+        adapted = self.adapt_task(params, support_x, support_y)
+        return self.query_objective(adapted, query_x, query_y)
+
+    def adapt_task(
+        self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor
+    ) -> Params:
+        """The inner loop with the training settings (the first half of the objective)."""
+        return self.inner_loop.adapt(
             params, support_x, support_y, self.inner_steps, self.inner_lr, self.first_order
         )
+
+    def query_objective(
+        self, adapted: Params, query_x: torch.Tensor, query_y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query loss at the adapted parameters and its metric (the second half)."""
         prediction = self.inner_loop.predict(adapted, query_x)
         kind = self.inner_loop.kind
         return kind.loss(prediction, query_y), kind.metric(prediction.detach(), query_y)
