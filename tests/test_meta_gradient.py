@@ -11,6 +11,7 @@ from metalab.algorithms.maml import MAML
 from metalab.data.episodes import NWayKShot
 from metalab.data.sinusoid import SinusoidTasks
 from metalab.data.tasks import TaskBatch
+from metalab.errors import ConfigError
 from metalab.execution import AutoStrategy, HybridStrategy, LoopStrategy, VmapStrategy
 from metalab.inner_loop import InnerLoop
 from metalab.losses import CLASSIFICATION, REGRESSION
@@ -182,3 +183,20 @@ def test_auto_skips_a_vmap_that_fits_one_task_per_chunk():
     auto = AutoStrategy([loop, tight], min_repeats=1, max_repeats=1)
     metalab_meta_gradient(model, kind, batch, auto, 1, lr, False)
     assert auto.chosen is loop and set(auto.timings) == {"loop"}
+
+
+def test_hybrid_refuses_an_objective_that_is_not_adapt_then_score():
+    """An algorithm that overrides meta_objective (MAML++'s multi-step loss) is opaque."""
+
+    class MultiStep(MAML):
+        def meta_objective(self, params, support_x, support_y, query_x, query_y):
+            return super().meta_objective(params, support_x, support_y, query_x, query_y)
+
+    model, _, kind, batch, lr = mlp_case()
+    algorithm = MultiStep(InnerLoop(model, kind), 1, lr, 1, lr)
+    params = dict(model.named_parameters())
+    with pytest.raises(ConfigError, match="strategy=hybrid needs an algorithm"):
+        HybridStrategy().meta_gradient(algorithm.meta_objective, params, batch, lambda _: None)
+    auto = AutoStrategy([LoopStrategy(), HybridStrategy()], min_repeats=1, max_repeats=1)
+    auto.meta_gradient(algorithm.meta_objective, params, batch, lambda loss: loss.backward())
+    assert auto.chosen.name == "loop" and set(auto.timings) == {"loop"}

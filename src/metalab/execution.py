@@ -8,9 +8,9 @@ query_y)`` (an algorithm's bound ``meta_objective``) and runs it over a ``TaskBa
 - ``loop``: one task after another; the smallest memory.
 - ``vmap``: ``torch.func.vmap`` over chunks of tasks.
 - ``hybrid``: for algorithms whose objective is "adapt on the support set, then score the
-  query set once" (``SplitObjective``): the inner loops of all tasks run as one vmap, the
-  large query passes one task at a time with native kernels, and one backward through the
-  vectorised inner loops finishes the meta-gradient.
+  query set once" (``metalab.objectives.AdaptThenScore``): the inner loops of all tasks
+  run as one vmap, the large query passes one task at a time with native kernels, and one
+  backward through the vectorised inner loops finishes the meta-gradient.
 - ``auto``: times the candidates on the first batch and keeps the fastest; which one wins
   depends on the model, the workload and the device, so only a measurement can tell.
 """
@@ -21,7 +21,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch.func import vmap
@@ -30,6 +29,7 @@ from metalab.data.tasks import TaskBatch
 from metalab.errors import ConfigError
 from metalab.inner_loop import Params
 from metalab.models.vectorised import vectorised
+from metalab.objectives import AdaptThenScore, split_objective
 
 log = logging.getLogger(__name__)
 
@@ -164,21 +164,6 @@ def graph_memory_mib(run: Callable[[], object], device: torch.device) -> float:
     return max(grown, 0.0)
 
 
-@runtime_checkable
-class SplitObjective(Protocol):
-    """An algorithm whose per-task objective is ``query_objective(adapt_task(...))``."""
-
-    def adapt_task(self, params: Params, support_x, support_y) -> Params: ...
-
-    def query_objective(self, adapted: Params, query_x, query_y) -> tuple: ...
-
-
-def split_objective(fn: TaskFn) -> SplitObjective | None:
-    """The algorithm behind a bound ``meta_objective``, if it can be split in two halves."""
-    owner = getattr(fn, "__self__", None)
-    return owner if isinstance(owner, SplitObjective) else None
-
-
 class HybridStrategy:
     """Inner loops vectorised over tasks, query passes per task, one backward to finish.
 
@@ -200,11 +185,11 @@ class HybridStrategy:
         self.chunk: int | None = None
 
     @staticmethod
-    def _adapt(algorithm: SplitObjective, params: Params, support_x, support_y) -> Params:
+    def _adapt(algorithm: AdaptThenScore, params: Params, support_x, support_y) -> Params:
         with vectorised():
             return vmap(algorithm.adapt_task, in_dims=(None, 0, 0))(params, support_x, support_y)
 
-    def _chunk(self, algorithm: SplitObjective, params: Params, batch: TaskBatch) -> int:
+    def _chunk(self, algorithm: AdaptThenScore, params: Params, batch: TaskBatch) -> int:
         if self.chunk is None:
             one = batch.slice(0, 1)
             self.chunk, task_mib = fit_chunk(

@@ -10,9 +10,10 @@ import torch
 
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params
+from metalab.objectives import AdaptThenScore
 
 
-class MAML:
+class MAML(AdaptThenScore):
     def __init__(
         self,
         inner_loop: InnerLoop,
@@ -32,18 +33,6 @@ class MAML:
         self.inner_steps, self.inner_lr = inner_steps, inner_lr
         self.eval_inner_steps, self.eval_inner_lr = eval_inner_steps, eval_inner_lr
         self.first_order = first_order
-
-    def meta_objective(
-        self,
-        params: Params,
-        support_x: torch.Tensor,
-        support_y: torch.Tensor,
-        query_x: torch.Tensor,
-        query_y: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The task's query loss at the adapted parameters, and its metric (for logging)."""
-        adapted = self.adapt_task(params, support_x, support_y)
-        return self.query_objective(adapted, query_x, query_y)
 
     def adapt_task(
         self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor
