@@ -26,6 +26,7 @@ import torch
 from torch.func import vmap
 
 from metalab.data.tasks import TaskBatch
+from metalab.distributed import agree_mean, agree_min
 from metalab.errors import ConfigError
 from metalab.inner_loop import Params
 from metalab.models.vectorised import vectorised
@@ -139,9 +140,14 @@ def _resident_mib() -> float:
 def fit_chunk(
     budget_mib: float, run_one_task: Callable[[], object], device: torch.device, tasks: int
 ) -> tuple[int, float]:
-    """How many tasks per vectorised call fit ``budget_mib``, from one task's graph memory."""
+    """How many tasks per vectorised call fit ``budget_mib``, from one task's graph memory.
+
+    Under DDP all ranks take the smallest rank's answer, so that they run the same number of
+    backward passes (each one is an all-reduce).
+    """
     task_mib = graph_memory_mib(run_one_task, device)
-    return max(1, min(tasks, int(budget_mib // max(task_mib, 1e-3)))), task_mib
+    chunk = max(1, min(tasks, int(budget_mib // max(task_mib, 1e-3))))
+    return agree_min(chunk), task_mib
 
 
 def graph_memory_mib(run: Callable[[], object], device: torch.device) -> float:
@@ -299,6 +305,8 @@ class AutoStrategy:
                 batch.support_x.is_cuda,
             )
             self.timings[strategy.name] = len(batch) / seconds
+        names = list(self.timings)  # the same on every rank: skips depend on fn and chunks only
+        self.timings = dict(zip(names, agree_mean([self.timings[n] for n in names]), strict=True))
         measured = [s for s in self.candidates if s.name in self.timings]
         self.chosen = max(measured, key=lambda s: self.timings[s.name])
         rates = ", ".join(f"{name} {rate:.1f} tasks/s" for name, rate in self.timings.items())
