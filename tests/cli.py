@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPTS = {"metalab-train": "metalab.train", "metalab-eval": "metalab.evaluate"}
+SCRIPTS = {
+    "metalab-train": "metalab.train",
+    "metalab-eval": "metalab.evaluate",
+    "metalab-compare": "metalab.compare.cli",
+}
 
 
 def run_cli(
