@@ -69,7 +69,7 @@ def test_hparams_search_presets_compose_with_sqlite_in_the_sweep_dir(preset, dir
     with initialize_config_dir(config_dir(), version_base="1.3"):
         cfg = compose("train", [f"hparams_search={preset}"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_ == "metalab.optuna_resume.ResumableOptunaSweeper"
+    assert sweeper._target_.endswith("resumable_optuna.ResumableOptunaSweeper")
     assert sweeper.direction == direction
     assert sweeper.storage == f"sqlite:///outputs/hparams_search/{preset}/optuna.db"
     assert "algorithm.inner_lr" in sweeper.params and sweeper.sampler.seed == cfg.seed
