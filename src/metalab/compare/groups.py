@@ -92,13 +92,13 @@ def differing_keys(runs: list[Run], extra_ignored: tuple[str, ...] = ()) -> list
 
 
 def drop_redundant(keys: list[str], runs: list[Run]) -> list[str]:
-    """Drop a key that merely renames an earlier one (algorithm.first_order always follows
-    algorithm.name), so group labels stay short."""
+    """Drop a key that merely restates another (algorithm.first_order always follows
+    algorithm.name), so group labels stay short; ``*.name`` keys are the ones kept."""
     kept: list[str] = []
-    for key in keys:
+    for key in sorted(keys, key=lambda k: not k.endswith(".name")):
         if not any(one_to_one(runs, earlier, key) for earlier in kept):
             kept.append(key)
-    return kept
+    return [key for key in keys if key in kept]
 
 
 def one_to_one(runs: list[Run], a: str, b: str) -> bool:
