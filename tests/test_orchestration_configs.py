@@ -104,3 +104,25 @@ def test_job_dirname_is_one_bounded_path_component():
     assert len(name_a.encode()) <= 200 and len(name_b.encode()) <= 200
     assert name_a != name_b  # the hash of the full string keeps shortened names apart
     assert len(job_dirname("x=" + "é" * 300).encode()) <= 200
+
+
+def test_wandb_run_takes_group_override_tags_and_the_saved_id(tmp_path, monkeypatch):
+    from metalab.loggers import build_loggers
+
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    cfg = OmegaConf.create({"csv": False, "wandb": {
+        "project": "p", "mode": "offline", "entity": None, "group": None, "job_type": "train",
+        "name": None, "tags": ["mine"]}})
+    config = {"algorithm": {"name": "fomaml"}, "dataset": {"name": "sinusoid"},
+              "model": {"name": "mlp"}}
+    (first,) = build_loggers(cfg, tmp_path, "sweep1", config)
+    init = first._wandb_init
+    assert init["group"] == "sweep1" and init["job_type"] == "train"
+    assert init["tags"] == ["fomaml", "sinusoid", "mlp", "mine"]
+    assert init["name"] == tmp_path.name  # outside a Hydra job: the run directory's name
+    assert init["resume"] == "allow"
+    assert init["id"] == (tmp_path / "wandb_run_id").read_text().strip()
+    cfg.wandb.group = "my-study"
+    (again,) = build_loggers(cfg, tmp_path, "sweep1", config)
+    assert again._wandb_init["group"] == "my-study"  # logger.wandb.group overrides the sweep
+    assert again._wandb_init["id"] == init["id"]  # same directory, same W&B run
