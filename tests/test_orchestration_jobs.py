@@ -1,5 +1,5 @@
-"""Jobs as schedulers start them: two at the same moment, one from a W&B sweep agent's
-command line, and an Optuna study killed mid-way and resumed from its SQLite file."""
+"""Jobs as schedulers start them: two W&B sweep agents starting jobs at the same moment,
+and an Optuna study killed mid-way and resumed from its SQLite file."""
 
 from __future__ import annotations
 
@@ -26,27 +26,6 @@ TINY = [
 ]
 
 
-def test_two_jobs_started_at_once_get_their_own_directories(tmp_path):
-    """The default run directory carries microseconds: jobs started in the same second
-    (a job array, two terminals) never share a directory."""
-    argv = [*cli_argv("metalab-train"), "logger=none", *TINY]
-    procs = [
-        subprocess.Popen(argv, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=1800)
-        assert proc.returncode == 0, err[-3000:]
-    runs = sorted((tmp_path / "outputs" / "runs").glob("*/*"))
-    assert len(runs) == 2, runs
-    assert all((run / "results.json").is_file() for run in runs)
-    # <date>/<HH-MM-SS-microseconds>_maml_sinusoid: both names are complete and distinct
-    stamps = [run.name.split("_")[0] for run in runs]
-    assert all(len(stamp) == len("12-00-00-000000") for stamp in stamps)
-    assert stamps[0] != stamps[1]
-
-
 def agent_command(sweep_file: Path, budget: dict) -> tuple[list[str], dict]:
     """The command line a W&B agent builds from a sweep file (wandb's own helpers), for the
     first value of each parameter; ``budget`` replaces values to keep the run tiny."""
@@ -71,25 +50,40 @@ def agent_command(sweep_file: Path, budget: dict) -> tuple[list[str], dict]:
     return command, chosen
 
 
-def test_wandb_sweep_file_drives_hydra_overrides(tmp_path):
+def test_two_wandb_agents_starting_jobs_at_once(tmp_path):
+    """Two agents of a W&B sweep start a job each at the same moment: the sweep file's
+    command line drives Hydra overrides, each job gets its own directory (the default run
+    directory carries microseconds) and continues the W&B run its agent created."""
     sweep_file = ROOT / "sweeps" / "sinusoid_maml_lr.yaml"
     budget = {"trainer.max_steps": 2, "trainer.val_check_interval": 1,
               "logger.wandb.mode": "offline"}  # an agent would log online
     command, chosen = agent_command(sweep_file, budget)
     assert command[:2] == ["/usr/bin/env", "metalab-train"]
     assert "trainer.enable_progress_bar=False" in command  # booleans as W&B writes them
-    bin_dir = Path(sys.executable).parent  # where metalab-train is installed
-    env = cli_env(WANDB_RUN_ID="sweeprun1",
-                  PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    out = subprocess.run([*command, "val.tasks=5", "eval.tasks=5", "strategy=loop",
-                          f"hydra.run.dir={tmp_path / 'run'}"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
-    assert out.returncode == 0, out.stderr[-3000:]
-    config = read_results(tmp_path / "run")["config"]
-    assert config["algorithm"]["inner_lr"] == pytest.approx(chosen["algorithm.inner_lr"])
-    assert config["optimizer"]["lr"] == pytest.approx(chosen["optimizer.lr"])
-    assert config["trainer"]["max_steps"] == 2 and config["seed"] == chosen["seed"]
-    assert wandb_run_record(tmp_path / "run")["run_id"] == "sweeprun1"  # the agent's run
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    procs = [
+        subprocess.Popen([*command, "val.tasks=5", "eval.tasks=5", "strategy=loop"],
+                         cwd=tmp_path, env=cli_env(WANDB_RUN_ID=f"agentrun{i}", PATH=path),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=1800)
+        assert proc.returncode == 0, err[-3000:]
+    runs = sorted((tmp_path / "outputs" / "runs").glob("*/*"))
+    assert len(runs) == 2, runs
+    # <date>/<HH-MM-SS-microseconds>_maml_sinusoid: complete, distinct names
+    stamps = [run.name.split("_")[0] for run in runs]
+    assert all(len(stamp) == len("12-00-00-000000") for stamp in stamps)
+    assert stamps[0] != stamps[1]
+    run_ids = set()
+    for run in runs:
+        config = read_results(run)["config"]
+        assert config["algorithm"]["inner_lr"] == pytest.approx(chosen["algorithm.inner_lr"])
+        assert config["optimizer"]["lr"] == pytest.approx(chosen["optimizer.lr"])
+        assert config["trainer"]["max_steps"] == 2 and config["seed"] == chosen["seed"]
+        run_ids.add(wandb_run_record(run)["run_id"])
+    assert run_ids == {"agentrun0", "agentrun1"}  # each job logs to its agent's run
 
 
 def trial_states(db: Path) -> list[str]:
