@@ -70,6 +70,10 @@ def plot_test_vs_published(rows: list[Row], path: Path) -> None:
         labels.append(f"{published.method}\n(published)")
     ax.set_xticks(np.arange(len(labels)), labels, rotation=20, ha="right", fontsize=7)
     ax.set_ylabel(f"test {rows[0].metric}" + (" %" if rows[0].metric == "acc" else ""))
+    if rows[0].metric == "acc":  # accuracies sit near the top: do not waste the axis on 0-80%
+        lows = [m - e for m, e in zip(ours + pubs, ours_err + pub_err, strict=True)]
+        lows += [p.mean - (p.ci95 or 0.0) for p in context]
+        ax.set_ylim(max(0.0, np.nanmin(lows) - 5.0), 100.0)
     ax.set_title("test metric, 95% CI (red: outside the published CI)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
