@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 from metalab.errors import ConfigError
@@ -43,15 +44,21 @@ def wandb_mode(requested: str) -> str:
 
 
 def persistent_run_id(run_dir: Path) -> str:
-    """The job's W&B run id: the one saved in its directory, else a W&B agent's, else new."""
+    """The job's W&B run id: the one saved in its directory, else a W&B agent's (one job per
+    agent run; the jobs of a multirun each need their own), else a new one."""
     saved = run_dir / RUN_ID_FILE
     if saved.is_file() and saved.read_text().strip():
         return saved.read_text().strip()
     alphabet = string.ascii_lowercase + string.digits  # W&B's own id alphabet
-    run_id = os.environ.get("WANDB_RUN_ID") or "".join(secrets.choice(alphabet) for _ in range(8))
+    agent_id = None if in_multirun() else os.environ.get("WANDB_RUN_ID")
+    run_id = agent_id or "".join(secrets.choice(alphabet) for _ in range(8))
     run_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(run_id + "\n")
     return run_id
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def job_overrides() -> str:
