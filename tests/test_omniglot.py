@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from metalab.data import omniglot
+from metalab.data import cache, download, omniglot
 from metalab.data.episodes import NWayKShot
 from metalab.data.omniglot import OmniglotClasses, load_omniglot
 from metalab.errors import ConfigError, DataError
@@ -401,7 +401,7 @@ def test_a_corrupt_cache_is_rebuilt_with_a_warning(
     assert torch.equal(again, expected)
     assert "rebuilding" in caplog.text
     for path in cache_files(tmp_path / "cache"):  # rewritten intact
-        assert torch.load(path, weights_only=True)["sha256"] == omniglot._tensor_sha256(
+        assert torch.load(path, weights_only=True)["sha256"] == cache.tensor_sha256(
             torch.load(path, weights_only=True)["images"]
         )
 
@@ -476,7 +476,7 @@ def test_download_fetches_what_is_missing_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     net = FakeNet(official_files(tmp_path, monkeypatch))
-    monkeypatch.setattr(omniglot, "_fetch", net)
+    monkeypatch.setattr(download, "fetch", net)
     root = tmp_path / "data" / "omniglot"
     pools = load(root, tmp_path, download=True)
     assert pools["train"].num_classes == 8
@@ -495,7 +495,7 @@ def test_download_accepts_a_complete_local_copy_with_another_md5(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     net = FakeNet({})
-    monkeypatch.setattr(omniglot, "_fetch", net)
+    monkeypatch.setattr(download, "fetch", net)
     pools = load(make_root(tmp_path), tmp_path, download=True)  # md5s are not the upstream ones
     assert pools["val"].num_classes == 4 and net.requests == []
 
@@ -504,7 +504,7 @@ def test_download_accepts_a_complete_local_copy_with_another_md5(
 def test_download_with_wrong_md5_deletes_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(omniglot, "_fetch", lambda url, dest: dest.write_bytes(b"junk"))
+    monkeypatch.setattr(download, "fetch", lambda url, dest: dest.write_bytes(b"junk"))
     root = tmp_path / "omniglot"
     with pytest.raises(DataError, match=r"md5 .* so it was deleted.*dataset.download=true"):
         load(root, tmp_path, download=True)
@@ -516,7 +516,7 @@ def test_download_replaces_a_partial_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     net = FakeNet(official_files(tmp_path, monkeypatch))
-    monkeypatch.setattr(omniglot, "_fetch", net)
+    monkeypatch.setattr(download, "fetch", net)
 
     def drop(archive: str, files: Files) -> None:
         for name in [n for n in files if "/Gamma/" in n]:
@@ -530,7 +530,7 @@ def test_download_replaces_a_partial_copy(
 
 @pytest.mark.usefixtures("tiny")
 def test_download_failure_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(omniglot, "_fetch", FakeNet({}))
+    monkeypatch.setattr(download, "fetch", FakeNet({}))
     root = tmp_path / "omniglot"
     with pytest.raises(DataError, match="Could not download .*images_background.zip.*by hand"):
         load(root, tmp_path, download=True)
