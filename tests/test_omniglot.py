@@ -275,8 +275,13 @@ def test_a_file_that_is_not_a_zip_is_named(tmp_path: Path, damage: str) -> None:
     path = root / "images_evaluation.zip"
     data = path.read_bytes()
     path.write_bytes(b"<html>not found</html>" if damage == "garbage" else data[: len(data) // 2])
-    with pytest.raises(DataError, match="images_evaluation.zip is not a readable zip"):
+    before = {p.name: p.read_bytes() for p in root.glob("*.zip")}
+    with pytest.raises(DataError) as caught:
         load(root, tmp_path)
+    message = str(caught.value)
+    assert "images_evaluation.zip is not a readable zip" in message
+    assert "dataset.download=true" in message and "dataset.root" in message
+    assert {p.name: p.read_bytes() for p in root.glob("*.zip")} == before  # nothing touched
 
 
 @pytest.mark.usefixtures("tiny")
@@ -298,9 +303,10 @@ def test_a_corrupt_entry_is_named(tmp_path: Path) -> None:
 def test_zip_slip_entries_are_refused(tmp_path: Path, entry: str) -> None:
     root = make_root(tmp_path)
     write_zip(root / "images_background.zip", {**tiny_files("images_background"), entry: b"x"})
-    with pytest.raises(DataError, match="points outside") as caught:
+    with pytest.raises(DataError, match="points outside .* so it is refused") as caught:
         load(root, tmp_path)
-    assert entry in str(caught.value)
+    assert entry in str(caught.value) and "dataset.download=true" in str(caught.value)
+    assert not list(tmp_path.rglob("evil.png"))  # nothing was written anywhere
 
 
 BAD_ENTRY = "images_background/Alpha/character01/0001_05.png"
@@ -421,10 +427,25 @@ def test_a_changed_source_is_not_served_from_a_stale_cache(tmp_path: Path) -> No
 def test_an_unwritable_cache_only_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with caplog.at_level(logging.WARNING, logger="metalab.data.omniglot"):
+    with caplog.at_level(logging.WARNING):
         pools = load_omniglot(make_root(tmp_path), cache_dir=blocker / "cache")
     assert pools["train"].num_classes == 8
+    assert f"Could not write the Omniglot cache in {blocker / 'cache'}" in caplog.text
     assert "METALAB_CACHE" in caplog.text
+    assert len(cache_files(tmp_path / "env-cache")) == 2  # written to the writable fallback
+
+
+@pytest.mark.usefixtures("tiny")
+def test_with_no_writable_cache_folder_the_data_still_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("METALAB_CACHE", str(blocker / "env"))
+    monkeypatch.setattr(cache.tempfile, "gettempdir", lambda: str(blocker / "tmp"))
+    with caplog.at_level(logging.WARNING):
+        pools = load_omniglot(make_root(tmp_path), cache_dir=blocker / "cache")
+    assert pools["test"].num_classes == 8 and "it stays uncached" in caplog.text
 
 
 @pytest.mark.usefixtures("tiny")
@@ -509,6 +530,24 @@ def test_download_with_wrong_md5_deletes_the_file(
     with pytest.raises(DataError, match=r"md5 .* so it was deleted.*dataset.download=true"):
         load(root, tmp_path, download=True)
     assert list(root.iterdir()) == []  # neither the zip nor a temp file stays behind
+
+
+@pytest.mark.usefixtures("tiny")
+def test_a_bad_download_leaves_the_earlier_local_copy_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(download, "fetch", lambda url, dest: dest.write_bytes(b"junk"))
+
+    def drop(archive: str, files: Files) -> None:
+        for name in [n for n in files if "/Gamma/" in n]:
+            del files[name]
+
+    root = make_root(tmp_path, drop)
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    with pytest.raises(DataError, match=r"images_evaluation.zip has md5 .* so it was deleted"):
+        load(root, tmp_path, download=True)
+    after = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert after == before
 
 
 @pytest.mark.usefixtures("tiny")
