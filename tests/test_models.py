@@ -22,15 +22,7 @@ from metalab.models.resnet12 import DropBlock, ResNet12
 from metalab.paths import config_dir
 from reference import maml_meta_gradient, relative_error
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: on a busy 2-core machine, OpenMP hand-offs between threads cost
-    far more than the arithmetic (a 6 ms forward took 700 ms with 2 threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def count(model: torch.nn.Module) -> int:
