@@ -395,7 +395,7 @@ def test_a_corrupt_cache_is_rebuilt_with_a_warning(
     root = make_root(tmp_path)
     expected = load(root, tmp_path)["train"].images.clone()
     for path in cache_files(tmp_path / "cache"):
-        if damage == "tampered":  # a loadable file whose tensor no longer matches its sha256
+        if damage == "tampered":  # a loadable file whose tensor no longer matches its hash
             blob = torch.load(path, weights_only=True)
             blob["images"][0, 0, 0, 0] += 1
             torch.save(blob, path)
@@ -407,7 +407,7 @@ def test_a_corrupt_cache_is_rebuilt_with_a_warning(
     assert torch.equal(again, expected)
     assert "rebuilding" in caplog.text
     for path in cache_files(tmp_path / "cache"):  # rewritten intact
-        assert torch.load(path, weights_only=True)["sha256"] == cache.tensor_sha256(
+        assert torch.load(path, weights_only=True)["content_hash"] == cache.tensor_hash(
             torch.load(path, weights_only=True)["images"]
         )
 

@@ -25,7 +25,8 @@ def crop_and_flip(images: torch.Tensor, padding: int, generator: torch.Generator
     out = torch.stack(
         [padded[i, :, r : r + height, c : c + width] for i, (r, c) in enumerate(offsets)]
     )
-    return torch.where(flips.view(n, 1, 1, 1), out.flip(-1), out)
+    out[flips] = out[flips].flip(-1)
+    return out
 
 
 class AugmentedTasks:

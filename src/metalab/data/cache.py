@@ -4,8 +4,11 @@ Why it looks like this:
 
 - A cache file is named by a hash of everything that shaped it (format, settings, and a
   fingerprint of the source files), so a changed source or setting never meets a stale file.
-- Each file also stores the sha256 of its tensor: a truncated, garbled or edited cache is
-  detected on load, logged, and rebuilt from the source instead of being trusted.
+- Each file also stores a content hash (BLAKE2b) of its tensor: a truncated, garbled or edited
+  cache is detected on load, logged, and rebuilt from the source instead of being trusted.
+  BLAKE2b rather than sha256 or md5 because it is the fastest of them in pure software (about
+  3x sha256 on CPUs without SHA instructions) and a 1.3 GB mini-ImageNet cache is hashed on
+  every load.
 - The data root may be read-only, so caches live in ``dataset.cache_dir``, else
   ``$METALAB_CACHE``, else ``~/.cache/metalab``; when that folder cannot be written, the next
   writable one of those (and finally the system temp folder) is used, with a warning.
@@ -25,8 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from metalab.data.download import md5sum
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +63,27 @@ def fallback_folders(preferred: Path) -> list[Path]:
 
 
 def fingerprint(source: Path) -> str:
-    """Content identity of a source: a file's size + md5, or a folder's sorted paths and sizes."""
-    digest = hashlib.md5()
+    """Content identity of a source: a file's size + hash, or a folder's sorted paths and sizes."""
+    digest = hashlib.blake2b(digest_size=16)
     if source.is_dir():
         for path in sorted(p for p in source.rglob("*") if p.is_file()):
             digest.update(
                 f"{path.relative_to(source).as_posix()}\0{path.stat().st_size}\n".encode()
             )
         return f"dir-{digest.hexdigest()}"
-    return f"file-{source.stat().st_size}-{md5sum(source)}"
+    return f"file-{source.stat().st_size}-{_file_hash(source)}"
 
 
-def tensor_sha256(images: torch.Tensor) -> str:
-    return hashlib.sha256(np.ascontiguousarray(images.numpy()).data).hexdigest()
+def _file_hash(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tensor_hash(images: torch.Tensor) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(images.numpy()).data, digest_size=32).hexdigest()
 
 
 class TensorCache:
@@ -117,7 +126,7 @@ class TensorCache:
             intact = (
                 blob["key"] == self.key
                 and images.dtype == torch.uint8
-                and blob["sha256"] == tensor_sha256(images)
+                and blob["content_hash"] == tensor_hash(images)
                 and self.check(blob)
             )
         except Exception as err:  # any unreadable file only means "decode again"
@@ -130,7 +139,7 @@ class TensorCache:
 
     def _write(self, blob: Blob) -> None:
         """Atomic write into the first writable folder; no writable folder is only a warning."""
-        stored = {**blob, "key": self.key, "sha256": tensor_sha256(blob["images"])}
+        stored = {**blob, "key": self.key, "content_hash": tensor_hash(blob["images"])}
         for number, folder in enumerate(self.folders):
             try:
                 _save_atomically(stored, folder / self.name)
@@ -147,7 +156,7 @@ class TensorCache:
                     then,
                 )
                 continue
-            blob.update(key=self.key, sha256=stored["sha256"])
+            blob.update(key=self.key, content_hash=stored["content_hash"])
             return
 
 
