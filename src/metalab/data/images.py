@@ -26,11 +26,13 @@ def decode_image(
     ``formats`` and ``original`` (the side in pixels) refuse files that cannot be part of the
     official release; ``fix`` ends every message. Resizing uses Lanczos (antialiased).
     """
-    kind = "/".join(formats) or "image"
+    kind = f"{'/'.join(formats)} image" if formats else "image"
     try:
         with Image.open(io.BytesIO(data)) as image:
             if formats and image.format not in formats:
-                raise DataError(f"{source}: {name} is a {image.format} file, not a {kind}: {fix}.")
+                raise DataError(
+                    f"{source}: {name} is a {image.format} file, not a {'/'.join(formats)}: {fix}."
+                )
             if original is not None and image.size != (original, original):
                 width, height = image.size
                 raise DataError(
@@ -40,7 +42,7 @@ def decode_image(
             converted = image.convert(mode)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         why = "" if isinstance(err, UnidentifiedImageError) else f" ({err})"
-        raise DataError(f"{source}: {name} is not a readable {kind} image{why}: {fix}.") from err
+        raise DataError(f"{source}: {name} is not a readable {kind}{why}: {fix}.") from err
     if converted.size != (size, size):
         converted = converted.resize((size, size), Image.LANCZOS)
     return np.asarray(converted, dtype=np.uint8)

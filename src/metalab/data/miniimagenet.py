@@ -53,7 +53,11 @@ _LAYOUT = (
     "with the listed images in images/ (or images.zip), or mini-imagenet-cache-train.pkl, "
     "mini-imagenet-cache-val.pkl and mini-imagenet-cache-test.pkl"
 )
-_FIX = f"mini-ImageNet has no official download; put into dataset.root {_LAYOUT}"
+_FIX = (
+    "put a complete copy into dataset.root: Ravi & Larochelle's train.csv, val.csv and test.csv "
+    "with images/, or the three mini-imagenet-cache-{train,val,test}.pkl (mini-ImageNet has no "
+    "official download)"
+)
 
 
 def load_miniimagenet(
@@ -107,7 +111,10 @@ def _choose_form(root: Path, source: str) -> str:
         if has[form]:
             return form
     present = sorted(p.name for p in root.iterdir())[:6]
-    raise DataError(f"{root} holds neither form of mini-ImageNet (it has {present}): {_FIX}.")
+    raise DataError(
+        f"{root} holds neither form of mini-ImageNet (it has {present}): put into it {_LAYOUT} "
+        f"(mini-ImageNet has no official download)."
+    )
 
 
 def _part_files(root: Path, form: str, part: str) -> list[Path]:
