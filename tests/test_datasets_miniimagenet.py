@@ -37,6 +37,7 @@ WNIDS = {
     "test": ["n01930112", "n01981276"],
 }
 CLASS_ID = {w: i for i, w in enumerate(w for part in WNIDS.values() for w in part)}
+PUBLISHED = (dict(miniimagenet.CLASSES), miniimagenet.IMAGES_PER_CLASS)  # before any patching
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +116,8 @@ def class_of(x: torch.Tensor) -> list[int]:
 # --- both forms -------------------------------------------------------------------------------
 
 
-def test_published_split_sizes() -> None:
+def test_the_loader_expects_ravi_and_larochelles_split_sizes() -> None:
+    assert PUBLISHED == ({"train": 64, "val": 16, "test": 20}, 600)
     assert (miniimagenet.SIDE, miniimagenet.PARTS) == (84, ("train", "val", "test"))
 
 
