@@ -23,8 +23,8 @@ def options(group: str) -> list[str]:
 
 def test_groups_hold_the_documented_options():
     assert options("algorithm") == ["fomaml", "maml"]
-    assert options("dataset") == ["omniglot", "sinusoid"]
-    assert options("model") == ["conv4", "mlp"]
+    assert options("dataset") == ["cifar_fs", "fc100", "miniimagenet", "omniglot", "sinusoid"]
+    assert options("model") == ["conv4", "conv4_32", "mlp", "resnet12"]
     assert options("trainer") == ["cpu", "gpu"]
     assert options("logger") == ["csv", "none", "wandb"]
     assert options("experiment") == [

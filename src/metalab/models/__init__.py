@@ -9,6 +9,7 @@ from torch import nn
 from metalab.errors import ConfigError
 from metalab.models.conv4 import Conv4
 from metalab.models.mlp import MLP
+from metalab.models.resnet12 import ResNet12
 
 
 def build_model(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> nn.Module:
@@ -21,11 +22,7 @@ def build_model(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> nn.Mo
             )
         return MLP(in_shape[0], out_features, tuple(cfg.hidden))
     if cfg.name == "conv4":
-        if len(in_shape) != 3:
-            raise ConfigError(
-                f"model=conv4 takes images [channels, height, width] but this dataset gives "
-                f"{tuple(in_shape)}: use model=mlp for vector inputs."
-            )
+        _require_images(cfg.name, in_shape)
         return Conv4(
             in_shape[0],
             out_features,
@@ -34,4 +31,22 @@ def build_model(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> nn.Mo
             blocks=int(cfg.blocks),
             norm=str(cfg.norm),
         )
-    raise ConfigError(f"model.name={cfg.name!r} is not known: choose mlp or conv4.")
+    if cfg.name == "resnet12":
+        _require_images(cfg.name, in_shape)
+        return ResNet12(
+            in_shape[0],
+            out_features,
+            image_size=min(in_shape[-2:]),
+            channels=tuple(cfg.channels),
+            dropblock=float(cfg.dropblock),
+            dropblock_size=int(cfg.dropblock_size),
+        )
+    raise ConfigError(f"model.name={cfg.name!r} is not known: choose mlp, conv4 or resnet12.")
+
+
+def _require_images(name: str, in_shape: tuple[int, ...]) -> None:
+    if len(in_shape) != 3:
+        raise ConfigError(
+            f"model={name} takes images [channels, height, width] but this dataset gives "
+            f"{tuple(in_shape)}: use model=mlp for vector inputs."
+        )
