@@ -13,11 +13,12 @@ from metalab.algorithms.maml import MAML
 from metalab.data.episodes import NWayKShot
 from metalab.data.tasks import TaskBatch
 from metalab.errors import ConfigError
-from metalab.execution import LoopStrategy, VmapStrategy
+from metalab.execution import HybridStrategy, LoopStrategy, VmapStrategy
 from metalab.inner_loop import InnerLoop
 from metalab.losses import CLASSIFICATION
 from metalab.models import build_model
 from metalab.models.conv4 import Conv4
+from metalab.models.layout import apply_memory_format
 from metalab.models.resnet12 import DropBlock, ResNet12
 from metalab.paths import config_dir
 from reference import maml_meta_gradient, relative_error
@@ -172,18 +173,28 @@ class RandomImages:
         return self.data[class_index, example_indices]
 
 
-@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+RUNNERS = {
+    "loop": LoopStrategy,
+    "vmap": lambda: VmapStrategy(chunk=2),
+    "hybrid": HybridStrategy,
+    "loop-channels-last": LoopStrategy,
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(RUNNERS))
 @pytest.mark.parametrize(("steps", "first_order"), [(1, False), (2, False), (1, True)])
 def test_resnet12_meta_gradient_matches_the_reference(strategy, steps, first_order) -> None:
     torch.manual_seed(0)
     model = ResNet12(3, 2, image_size=16, channels=(3, 4, 4, 5)).double()
+    if strategy.endswith("channels-last"):
+        assert apply_memory_format(model, "channels_last")
     generator = torch.Generator().manual_seed(3)
     episodes = NWayKShot(RandomImages(), ways=2, shots=1, queries=2)
     batch = TaskBatch.stack([episodes.sample(generator) for _ in range(2)]).to("cpu", torch.float64)
     algorithm = (FOMAML if first_order else MAML)(
         InnerLoop(model, CLASSIFICATION), steps, 0.3, steps, 0.3, first_order=first_order
     )
-    runner = LoopStrategy() if strategy == "loop" else VmapStrategy(chunk=2)
+    runner = RUNNERS[strategy]()
     model.zero_grad()
     runner.meta_gradient(
         algorithm.meta_objective,
@@ -194,7 +205,7 @@ def test_resnet12_meta_gradient_matches_the_reference(strategy, steps, first_ord
     ours = [p.grad.clone() for p in model.parameters()]
     reference = maml_meta_gradient(
         resnet12_reference,
-        list(model.parameters()),
+        [p.detach().contiguous().requires_grad_() for p in model.parameters()],
         batch,
         CLASSIFICATION.loss,
         steps,

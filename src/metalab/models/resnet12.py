@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalab.errors import ConfigError
+from metalab.models.layout import LayoutConv2d
 from metalab.models.norm import BatchStatNorm
 
 SLOPE = 0.1
@@ -27,7 +28,7 @@ WIDTHS = (64, 160, 320, 640)
 
 
 def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+    return LayoutConv2d(in_channels, out_channels, 3, padding=1, bias=False)
 
 
 class DropBlock(nn.Module):
@@ -57,7 +58,7 @@ class ResidualBlock(nn.Module):
         self.conv1, self.norm1 = conv3x3(in_channels, out_channels), BatchStatNorm(out_channels)
         self.conv2, self.norm2 = conv3x3(out_channels, out_channels), BatchStatNorm(out_channels)
         self.conv3, self.norm3 = conv3x3(out_channels, out_channels), BatchStatNorm(out_channels)
-        self.shortcut = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.shortcut = LayoutConv2d(in_channels, out_channels, 1, bias=False)
         self.shortcut_norm = BatchStatNorm(out_channels)
         self.drop = drop if drop is not None else nn.Identity()
 
