@@ -26,8 +26,21 @@ from reference import (
 )
 from test_meta_gradient import conv_case, mlp_case
 
-CASES = {"mlp": mlp_case, "conv4-batchnorm": conv_case}
+
+def three_tasks(case):
+    """A case of test_meta_gradient cut to three tasks (vmap still runs a partial chunk)."""
+
+    def cut():
+        model, forward, kind, batch, lr = case()
+        return model, forward, kind, batch.slice(0, 3), lr
+
+    return cut
+
+
+CASES = {"mlp": three_tasks(mlp_case), "conv4-batchnorm": three_tasks(conv_case)}
 STRATEGIES = {"loop": LoopStrategy, "vmap": lambda: VmapStrategy(chunk=2)}
+# one and several inner steps, second order; first order once
+ORDERS = [(1, False), (2, False), (2, True)]
 
 
 def grad_of(tensor: torch.Tensor) -> torch.Tensor:
@@ -46,8 +59,7 @@ def meta_gradient(model, algorithm, batch, strategy, extra=()) -> list[torch.Ten
     return [grad_of(p) for p in [*model.parameters(), *extra]]
 
 
-@pytest.mark.parametrize("first_order", [False, True], ids=["second-order", "first-order"])
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("steps,first_order", ORDERS)
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_metasgd_matches_reference(case, strategy, steps, first_order):
@@ -67,8 +79,7 @@ def test_metasgd_matches_reference(case, strategy, steps, first_order):
     assert all(g.abs().sum() > 0 for g in rate_grads)  # the rates are meta-learned
 
 
-@pytest.mark.parametrize("first_order", [False, True], ids=["second-order", "first-order"])
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("steps,first_order", ORDERS)
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_anil_matches_reference(case, strategy, steps, first_order):
@@ -82,7 +93,7 @@ def test_anil_matches_reference(case, strategy, steps, first_order):
 
 
 def test_anil_body_gets_second_order_gradient_through_the_head():
-    model, _, kind, batch, lr = conv_case()
+    model, _, kind, batch, lr = CASES["conv4-batchnorm"]()
     second = meta_gradient(model, ANIL(InnerLoop(model, kind), 1, lr, 1, lr), batch, LoopStrategy())
     first = meta_gradient(
         model, ANIL(InnerLoop(model, kind), 1, lr, 1, lr, first_order=True), batch, LoopStrategy()
@@ -102,7 +113,7 @@ def mamlpp(model, kind, steps, lr, **switches) -> MAMLPlusPlus:
     return algorithm
 
 
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("steps", [1, 2])
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_mamlpp_with_all_tricks_matches_reference(case, strategy, steps):
@@ -111,7 +122,7 @@ def test_mamlpp_with_all_tricks_matches_reference(case, strategy, steps):
     algorithm = mamlpp(model, kind, steps, lr, msl_anneal_steps=2000, per_step_bn=per_step_bn)
     algorithm.on_outer_step(700, 10_000)
     weights = algorithm.loss_weights()
-    assert len(set(weights)) == min(steps, 2)  # partly annealed: last weight differs
+    assert len(set(weights)) == steps  # partly annealed: the last weight differs
     names = [n for n, _ in model.named_parameters()]
     bn = [names.index(n) for n in algorithm.bn_names]
     step_rates = [None if j in bn else algorithm.step_rates[escape(n)] for j, n in enumerate(names)]
@@ -141,7 +152,7 @@ def test_mamlpp_with_all_tricks_off_is_maml_exactly(case, strategy):
 
 
 def test_mamlpp_derivative_order_annealing_switches_at_the_configured_step():
-    model, forward, kind, batch, lr = conv_case()
+    model, forward, kind, batch, lr = CASES["mlp"]()
     algorithm = mamlpp(model, kind, 2, lr, **{**ALL_OFF, "first_order_steps": 10})
     reference = {
         fo: maml_meta_gradient(forward, list(model.parameters()), batch, kind.loss, 2, lr, fo)
@@ -164,7 +175,7 @@ def test_multi_step_loss_weights_anneal_to_the_last_step():
 
 
 def test_mamlpp_switches_create_and_route_their_parameters():
-    model, _, kind, batch, lr = conv_case()
+    model, _, kind, batch, lr = CASES["conv4-batchnorm"]()
     algorithm = mamlpp(model, kind, 3, lr)
     assert set(algorithm.step_bn) == {escape(n) for n in algorithm.bn_names}
     assert len(algorithm.bn_names) == 8  # weight and bias of 4 norm layers
@@ -193,9 +204,10 @@ def reptile(model, kind, steps, lr, **kwargs) -> Reptile:
     return Reptile(InnerLoop(model, kind), steps, lr, 2, lr, anneal="none", **kwargs)
 
 
-@pytest.mark.parametrize("inner_batch", [None, 4], ids=["full-batch", "minibatch"])
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize(
+    "steps,optimizer,inner_batch",
+    [(1, "sgd", None), (3, "sgd", 4), (3, "adam", None), (2, "adam", 4)],
+)
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_reptile_update_equals_the_formula(case, strategy, steps, optimizer, inner_batch):
