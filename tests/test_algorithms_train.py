@@ -93,3 +93,32 @@ def test_checkpoint_holds_and_reloads_what_the_algorithm_learns(jobs, name):
     assert any(key.startswith("model.features.0.0") for key in moved), name  # the body trained
     if name in learned:
         assert any(key.startswith(learned[name]) for key in moved)
+
+
+def test_non_transductive_evaluation_is_named_in_the_protocol(jobs):
+    from metalab.assembly import protocol
+
+    cfg = OmegaConf.create(read_results(jobs["reptile"])["config"])
+    assert "transductive at test" in protocol(cfg)["batch_norm"]
+    cfg.algorithm.transductive = False
+    assert "non-transductive" in protocol(cfg)["batch_norm"]
+
+
+@pytest.mark.parametrize("scheduler,factors", [("linear", [1.0, 0.75, 0.5]), ("none", [1.0] * 3)])
+def test_outer_optimizer_and_schedule_follow_the_config(jobs, scheduler, factors):
+    from types import SimpleNamespace
+
+    cfg = OmegaConf.create(read_results(jobs["reptile"])["config"])
+    cfg.optimizer.scheduler = scheduler
+    module = build_module(cfg, (1, 28, 28), 5)
+    module._trainer = SimpleNamespace(max_steps=4)
+    configured = module.configure_optimizers()
+    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+    assert isinstance(optimizer, torch.optim.SGD)
+    seen = []
+    for _ in factors:
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if isinstance(configured, dict):
+            configured["lr_scheduler"].step()
+    assert seen == pytest.approx(factors)
