@@ -18,6 +18,7 @@ PRESETS = {
         name="reptile", ways=20, inner_lr=0.0005, inner_steps=10, inner_batch=20, meta_batch=5,
         max_steps=200_000, optimizer="sgd", lr=1.0,
     ),
+    "fomaml_omniglot_20w1s": dict(name="fomaml", ways=20, inner_steps=5, first_order=True),
     "anil_omniglot_5w1s": dict(name="anil", ways=5, inner_steps=1, inner_lr=0.4, meta_batch=32),
     "anil_omniglot_20w1s": dict(name="anil", ways=20, inner_steps=5, inner_lr=0.1, meta_batch=16),
     "metasgd_omniglot_5w1s": dict(name="metasgd", ways=5, inner_steps=1, eval_inner_steps=1),

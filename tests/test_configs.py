@@ -30,6 +30,7 @@ def test_groups_hold_the_documented_options():
     assert options("experiment") == [
         "anil_omniglot_20w1s",
         "anil_omniglot_5w1s",
+        "fomaml_omniglot_20w1s",
         "fomaml_omniglot_5w1s",
         "maml_omniglot_20w1s",
         "maml_omniglot_5w1s",
