@@ -21,6 +21,7 @@ from metalab.execution import build_strategy
 from metalab.inner_loop import InnerLoop
 from metalab.losses import TASK_KINDS
 from metalab.models import build_model
+from metalab.models.layout import apply_memory_format, resolve_memory_format
 from metalab.results import mean_and_ci95
 
 OUTER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -38,10 +39,17 @@ class MetaLearner(pl.LightningModule):
         self.cfg = OmegaConf.create(cfg)
         self.kind = TASK_KINDS[self.cfg.dataset.task]
         self.model = build_model(self.cfg.model, tuple(in_shape), out_features)
+        self.memory_format = resolve_memory_format(
+            str(self.cfg.get("memory_format", "auto")), str(self.cfg.trainer.accelerator)
+        )
+        apply_memory_format(self.model, self.memory_format)
         self.algorithm = build_algorithm(self.cfg.algorithm, InnerLoop(self.model, self.kind))
-        chunk = self.cfg.vmap_chunk
+        chunk, budget = self.cfg.vmap_chunk, self.cfg.get("vmap_memory_mib")
         self.strategy = build_strategy(
-            str(self.cfg.strategy), None if chunk is None else int(chunk)
+            str(self.cfg.strategy),
+            None if chunk is None else int(chunk),
+            None if budget is None else float(budget),
+            str(self.cfg.trainer.accelerator),
         )
         self._test_values: list[torch.Tensor] = []
         self.test_summary: dict[str, Any] | None = None
