@@ -58,3 +58,126 @@ def relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     flat_a = torch.cat([t.flatten() for t in a])
     flat_b = torch.cat([t.flatten() for t in b])
     return ((flat_a - flat_b).norm() / flat_b.norm()).item()
+
+
+# --- The rest of the gradient-based family (issue 4), written from the papers' equations. ---
+
+
+def _adapted_query_loss(forward, params, rates, adapt, x, y, qx, qy, loss_fn, steps, first_order):
+    """SGD on (x, y) of the parameters whose index is in ``adapt``, rate ``rates[step][i]``."""
+    fast = list(params)
+    for step in range(steps):
+        loss = loss_fn(forward(fast, x), y)
+        chosen = [fast[i] for i in adapt]
+        grads = torch.autograd.grad(loss, chosen, create_graph=not first_order)
+        for i, g in zip(adapt, grads, strict=True):
+            fast[i] = fast[i] - rates[step][i] * (g.detach() if first_order else g)
+    return loss_fn(forward(fast, qx), qy)
+
+
+def metasgd_meta_gradient(forward, params, rates, batch, loss_fn, steps, first_order=False):
+    """Mean over tasks of d(query loss)/d(params, per-element rates): Li et al. 2017, eq. 3."""
+    leaves = list(params) + list(rates)
+    total = [torch.zeros_like(p) for p in leaves]
+    adapt = range(len(params))
+    for i in range(len(batch)):
+        query_loss = _adapted_query_loss(
+            forward, params, [rates] * steps, adapt, batch.support_x[i], batch.support_y[i],
+            batch.query_x[i], batch.query_y[i], loss_fn, steps, first_order,
+        )  # fmt: skip
+        for t, g in zip(total, torch.autograd.grad(query_loss, leaves), strict=True):
+            t += g / len(batch)
+    return total
+
+
+def anil_meta_gradient(forward, params, head, batch, loss_fn, steps, lr, first_order=False):
+    """MAML where only the last ``head`` tensors adapt, with a full forward pass per step."""
+    total = [torch.zeros_like(p) for p in params]
+    adapt = range(len(params) - head, len(params))
+    rates = [[lr] * len(params)] * steps
+    for i in range(len(batch)):
+        query_loss = _adapted_query_loss(
+            forward, params, rates, adapt, batch.support_x[i], batch.support_y[i],
+            batch.query_x[i], batch.query_y[i], loss_fn, steps, first_order,
+        )  # fmt: skip
+        for t, g in zip(total, torch.autograd.grad(query_loss, params), strict=True):
+            t += g / len(batch)
+    return total
+
+
+def mamlpp_meta_gradient(
+    forward, params, step_rates, bn, step_bn, weights, batch, loss_fn, steps, first_order=False
+):
+    """MAML++'s meta-gradient w.r.t. (params, step_rates, step_bn).
+
+    ``step_rates[j]`` is a [steps] tensor for params[j] (None: not adapted); ``bn`` lists
+    the indices of batch-norm tensors, replaced at step k by ``step_bn[n][k]`` and never
+    adapted; ``weights`` (None: final loss only) weighs the query loss after every step.
+    """
+    learnable = [r for r in step_rates if r is not None]
+    leaves = list(params) + learnable + list(step_bn)
+    total = [torch.zeros_like(p) for p in leaves]
+
+    def with_bn(fast, k):
+        fast = list(fast)
+        for n, j in enumerate(bn):
+            fast[j] = step_bn[n][k]
+        return fast
+
+    for i in range(len(batch)):
+        x, y = batch.support_x[i], batch.support_y[i]
+        qx, qy = batch.query_x[i], batch.query_y[i]
+        fast, objective = list(params), 0.0
+        for k in range(steps):
+            fast = with_bn(fast, k)
+            adapt = [j for j in range(len(fast)) if step_rates[j] is not None]
+            grads = torch.autograd.grad(
+                loss_fn(forward(fast, x), y), [fast[j] for j in adapt], create_graph=not first_order
+            )
+            for j, g in zip(adapt, grads, strict=True):
+                fast[j] = fast[j] - step_rates[j][k] * (g.detach() if first_order else g)
+            if weights is not None:
+                objective = objective + weights[k] * loss_fn(forward(fast, qx), qy)
+        if weights is None:
+            objective = loss_fn(forward(fast, qx), qy)
+        grads = torch.autograd.grad(objective, leaves, allow_unused=True)
+        for t, g in zip(total, grads, strict=True):
+            if g is not None:
+                t += g / len(batch)
+    return total
+
+
+def reptile_update(
+    forward, params, xs, ys, loss_fn, steps, lr, inner_batch, optimizer, eps, beta2, adam_eps
+):
+    """theta + eps * (mean_i W_i - theta), W_i: ``steps`` steps of SGD or Adam(beta1=0) on task
+    i's examples ``xs[i]`` taken ``inner_batch`` at a time in the given order (None: all)."""
+    adapted = []
+    for x, y in zip(xs, ys, strict=True):
+        fast = [p.detach().clone() for p in params]
+        v = [torch.zeros_like(p) for p in fast]
+        for t in range(1, steps + 1):
+            if inner_batch is None:
+                xb, yb = x, y
+            else:
+                xb, yb = (
+                    x[(t - 1) * inner_batch : t * inner_batch],
+                    y[(t - 1) * inner_batch : t * inner_batch],
+                )
+            fast = [p.requires_grad_() for p in fast]
+            grads = torch.autograd.grad(loss_fn(forward(fast, xb), yb), fast)
+            with torch.no_grad():
+                if optimizer == "sgd":
+                    fast = [p - lr * g for p, g in zip(fast, grads, strict=True)]
+                else:
+                    v = [beta2 * vi + (1 - beta2) * g**2 for vi, g in zip(v, grads, strict=True)]
+                    fast = [
+                        p - lr * g / (torch.sqrt(vi / (1 - beta2**t)) + adam_eps)
+                        for p, g, vi in zip(fast, grads, v, strict=True)
+                    ]
+        adapted.append(fast)
+    with torch.no_grad():
+        return [
+            p + eps * (torch.stack([w[j] for w in adapted]).mean(0) - p)
+            for j, p in enumerate(params)
+        ]

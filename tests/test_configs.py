@@ -22,16 +22,25 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_hold_the_documented_options():
-    assert options("algorithm") == ["fomaml", "maml"]
+    assert options("algorithm") == ["anil", "fomaml", "maml", "mamlpp", "metasgd", "reptile"]
     assert options("dataset") == ["cifar_fs", "fc100", "miniimagenet", "omniglot", "sinusoid"]
     assert options("model") == ["conv4", "conv4_32", "mlp", "resnet12"]
     assert options("trainer") == ["cpu", "gpu"]
     assert options("logger") == ["csv", "none", "wandb"]
     assert options("experiment") == [
+        "anil_omniglot_20w1s",
+        "anil_omniglot_5w1s",
+        "fomaml_omniglot_20w1s",
         "fomaml_omniglot_5w1s",
         "maml_omniglot_20w1s",
         "maml_omniglot_5w1s",
         "maml_sinusoid",
+        "mamlpp_omniglot_20w1s",
+        "mamlpp_omniglot_5w1s",
+        "metasgd_omniglot_20w1s",
+        "metasgd_omniglot_5w1s",
+        "reptile_omniglot_20w1s",
+        "reptile_omniglot_5w1s",
     ]
 
 

@@ -15,6 +15,10 @@ BATCH_NORM_MODE = {
     "batch": "batch statistics at training and test time (transductive at test, as MAML's code)",
     "none": "no normalisation",
 }
+NON_TRANSDUCTIVE = (
+    "batch statistics; at test each query example is normalised together with the support "
+    "set alone (non-transductive, as Reptile's code)"
+)
 
 
 def check_positive(cfg: DictConfig) -> None:
@@ -94,4 +98,6 @@ def protocol(cfg: DictConfig, split: str = "test") -> dict[str, Any]:
         tasks=cfg.eval.tasks,
         batch_norm=BATCH_NORM_MODE.get(cfg.model.get("norm", "none"), cfg.model.get("norm")),
     )
+    if algorithm.get("transductive") is False and cfg.model.get("norm") == "batch":
+        record["batch_norm"] = NON_TRANSDUCTIVE
     return record

@@ -4,17 +4,33 @@ Parameters are plain dicts of tensors applied with ``torch.func.functional_call`
 differentiated with ``torch.func.grad``, so the same code runs per task and under
 ``torch.func.vmap`` over a batch of tasks, and the outer loss differentiates through it
 (second order) unless ``first_order`` cuts the graph.
+
+Every algorithm of the MAML family adapts through ``step``; what differs between them is
+said with its arguments: a learning rate that is a number or a tensor per parameter
+(Meta-SGD's per-element rates, MAML++'s per-layer per-step rates, learnable and
+differentiated through), and the subset of parameters that adapt (ANIL's head, MAML++
+with per-step batch-norm parameters). ``evaluate`` takes the algorithm's own step rule.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+
 import torch
 from torch import nn
-from torch.func import functional_call, grad
+from torch.func import functional_call, grad, vmap
 
 from metalab.losses import TaskKind
 
 Params = dict[str, torch.Tensor]
+LearningRate = float | torch.Tensor | Params
+# (params, support x, support y, index of the step) -> adapted params
+Update = Callable[[Params, torch.Tensor, torch.Tensor, int], Params]
+
+
+def rate_for(lr: LearningRate, name: str) -> float | torch.Tensor:
+    """The learning rate of one parameter: a shared number/tensor, or its entry in a dict."""
+    return lr[name] if isinstance(lr, dict) else lr
 
 
 class InnerLoop:
@@ -27,17 +43,63 @@ class InnerLoop:
     def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.kind.loss(self.predict(params, x), y)
 
-    def step(
-        self, params: Params, x: torch.Tensor, y: torch.Tensor, lr: float, first_order: bool
+    def predict_query(
+        self, params: Params, support_x: torch.Tensor, query_x: torch.Tensor, transductive: bool
+    ) -> torch.Tensor:
+        """Query predictions. Transductive: the whole query set in one batch (its batch-norm
+        statistics are shared across queries). Otherwise each query example is predicted in
+        a batch with the support set, so no query sees another (Reptile's protocol)."""
+        if transductive:
+            return self.predict(params, query_x)
+
+        def one(x: torch.Tensor) -> torch.Tensor:
+            return self.predict(params, torch.cat([support_x, x.unsqueeze(0)]))[-1]
+
+        from metalab.models.norm import decomposed_batch_norm  # vmap-safe batch norm
+
+        with decomposed_batch_norm():
+            return vmap(one)(query_x)
+
+    def gradients(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        first_order: bool,
+        keys: Collection[str] | None = None,
     ) -> Params:
-        """One SGD step on the support loss.
+        """Support-loss gradients w.r.t. ``keys`` (all parameters when None); the others
+        are held fixed. First order returns gradients with no graph behind them."""
+        at = {k: p.detach() for k, p in params.items()} if first_order else params
+        if keys is None:
+            grads = grad(self.loss)(at, x, y)
+        else:
+            fixed = {k: p for k, p in at.items() if k not in keys}
+
+            def loss_of_subset(subset: Params) -> torch.Tensor:
+                return self.loss({**fixed, **subset}, x, y)
+
+            grads = grad(loss_of_subset)({k: at[k] for k in keys})
+        # First order also cuts the path through the inputs (ANIL's body features).
+        return {k: g.detach() for k, g in grads.items()} if first_order else grads
+
+    def step(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        lr: LearningRate,
+        first_order: bool,
+        keys: Collection[str] | None = None,
+    ) -> Params:
+        """One SGD step on the support loss, of ``keys`` only when given.
 
         First order differentiates at detached parameters: the update keeps an identity
-        path back to the initial parameters but no graph through the gradient itself.
+        path back to the initial parameters (and to a learnable ``lr``) but no graph
+        through the gradient itself.
         """
-        at = {k: p.detach() for k, p in params.items()} if first_order else params
-        grads = grad(self.loss)(at, x, y)
-        return {k: p - lr * grads[k] for k, p in params.items()}
+        grads = self.gradients(params, x, y, first_order, keys)
+        return {k: p - rate_for(lr, k) * grads[k] if k in grads else p for k, p in params.items()}
 
     def adapt(
         self,
@@ -45,11 +107,12 @@ class InnerLoop:
         x: torch.Tensor,
         y: torch.Tensor,
         steps: int,
-        lr: float,
+        lr: LearningRate,
         first_order: bool = False,
+        keys: Collection[str] | None = None,
     ) -> Params:
         for _ in range(steps):
-            params = self.step(params, x, y, lr, first_order)
+            params = self.step(params, x, y, lr, first_order, keys)
         return params
 
     def evaluate(
@@ -60,16 +123,28 @@ class InnerLoop:
         query_x: torch.Tensor,
         query_y: torch.Tensor,
         steps: int,
-        lr: float,
+        lr: LearningRate,
+        update: Update | None = None,
+        transductive: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Query loss and metric before adaptation and after each of ``steps`` inner steps."""
+        """Query loss and metric before adaptation and after each of ``steps`` inner steps.
+
+        ``update`` replaces the plain first-order SGD step (an algorithm's own rule: Adam,
+        per-step rates or batch-norm parameters); it is called with the 0-based step index.
+        """
+        if update is None:
+
+            def update(p: Params, x: torch.Tensor, y: torch.Tensor, index: int) -> Params:
+                return self.step(p, x, y, lr, first_order=True)
+
         params = {k: p.detach() for k, p in params.items()}
         losses, metrics = [], []
         for step in range(steps + 1):
             if step:
-                params = self.step(params, support_x, support_y, lr, first_order=True)
+                adapted = update(params, support_x, support_y, step - 1)
+                params = {k: p.detach() for k, p in adapted.items()}
             with torch.no_grad():
-                prediction = self.predict(params, query_x)
+                prediction = self.predict_query(params, support_x, query_x, transductive)
                 losses.append(self.kind.loss(prediction, query_y))
                 metrics.append(self.kind.metric(prediction, query_y))
         return {"loss": torch.stack(losses), "metric": torch.stack(metrics)}

@@ -24,6 +24,8 @@ from metalab.models import build_model
 from metalab.models.layout import apply_memory_format, resolve_memory_format
 from metalab.results import mean_and_ci95
 
+OUTER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
 
 class NonFiniteLossError(MetalabError):
     """The meta-training loss became NaN or infinite."""
@@ -68,9 +70,13 @@ class MetaLearner(pl.LightningModule):
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
         params = dict(self.model.named_parameters())
-        losses, metrics = self.strategy.meta_gradient(
-            self.algorithm.meta_objective, params, batch, self.manual_backward
-        )
+        self.algorithm.on_outer_step(self.global_step, int(self.trainer.max_steps))
+        if hasattr(self.algorithm, "outer_gradient"):  # writes .grad itself (Reptile)
+            losses, metrics = self.algorithm.outer_gradient(params, batch, self.strategy)
+        else:
+            losses, metrics = self.strategy.meta_gradient(
+                self.algorithm.meta_objective, params, batch, self.manual_backward
+            )
         loss = losses.mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -134,15 +140,24 @@ class MetaLearner(pl.LightningModule):
         opt_cfg = self.cfg.optimizer
         if not opt_cfg.lr > 0:
             raise MetalabError(f"optimizer.lr={opt_cfg.lr}: the outer learning rate must be > 0.")
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=float(opt_cfg.lr))
+        # self.parameters(): the model's and what the algorithm meta-learns (Meta-SGD, MAML++).
+        name = opt_cfg.get("name", "adam")
+        if name not in OUTER_OPTIMIZERS:
+            raise MetalabError(
+                f"optimizer.name={name!r} is not known: choose {' or '.join(OUTER_OPTIMIZERS)}."
+            )
+        optimizer = OUTER_OPTIMIZERS[name](self.parameters(), lr=float(opt_cfg.lr))
         if opt_cfg.scheduler in (None, "none"):
             return optimizer
+        total = max(1, int(self.trainer.max_steps))
         if opt_cfg.scheduler == "cosine":
-            total = max(1, int(self.trainer.max_steps))
-            schedule = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+            factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
+        elif opt_cfg.scheduler == "linear":
+            factor = lambda step: max(0.0, 1 - step / total)  # noqa: E731
+        else:
+            raise MetalabError(
+                f"optimizer.scheduler={opt_cfg.scheduler!r} is not known: choose none, cosine or "
+                "linear."
             )
-            return {"optimizer": optimizer, "lr_scheduler": schedule}
-        raise MetalabError(
-            f"optimizer.scheduler={opt_cfg.scheduler!r} is not known: choose none or cosine."
-        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

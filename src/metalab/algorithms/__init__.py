@@ -1,15 +1,34 @@
-"""Algorithms by name: ``conf/algorithm/<name>.yaml`` selects ``metalab.algorithms.<name>``."""
+"""Algorithms by name: ``conf/algorithm/<name>.yaml`` selects ``metalab.algorithms.<name>``.
+
+Every key of the algorithm's config except ``name`` and ``meta_batch`` (which the data
+layer reads) is a keyword argument of its class.
+"""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from metalab.algorithms.anil import ANIL
 from metalab.algorithms.fomaml import FOMAML
 from metalab.algorithms.maml import MAML
+from metalab.algorithms.mamlpp import MAMLPlusPlus
+from metalab.algorithms.metasgd import MetaSGD
+from metalab.algorithms.reptile import Reptile
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop
 
-ALGORITHMS = {"maml": MAML, "fomaml": FOMAML}
+ALGORITHMS = {
+    "maml": MAML,
+    "fomaml": FOMAML,
+    "anil": ANIL,
+    "metasgd": MetaSGD,
+    "mamlpp": MAMLPlusPlus,
+    "reptile": Reptile,
+}
+NOT_ARGUMENTS = ("name", "meta_batch")
 
 
 def build_algorithm(cfg: Any, inner_loop: InnerLoop):
@@ -18,11 +37,31 @@ def build_algorithm(cfg: Any, inner_loop: InnerLoop):
         raise ConfigError(
             f"algorithm.name={name!r} is not known: choose one of {', '.join(sorted(ALGORITHMS))}."
         )
-    return ALGORITHMS[name](
-        inner_loop,
-        inner_steps=int(cfg.inner_steps),
-        inner_lr=float(cfg.inner_lr),
-        eval_inner_steps=int(cfg.eval_inner_steps),
-        eval_inner_lr=float(cfg.eval_inner_lr),
-        first_order=bool(cfg.first_order),
-    )
+    cls = ALGORITHMS[name]
+    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    kwargs = {k: v for k, v in plain.items() if k not in NOT_ARGUMENTS}
+    accepted = _accepted(cls)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"algorithm={name} has no setting {', '.join(unknown)}: remove it, or choose one of "
+            f"{', '.join(sorted(accepted))}."
+        )
+    return cls(inner_loop, **kwargs)
+
+
+def _accepted(cls: type) -> set[str]:
+    """Keyword arguments of ``cls`` and, through ``**kwargs``, of its bases."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass.__module__.startswith("torch"):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {
+            p.name
+            for p in params
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("self",)
+        }
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names - {"inner_loop"}

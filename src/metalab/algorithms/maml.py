@@ -2,18 +2,23 @@
 
 The meta-objective of a task is its query loss after adapting on its support set; its
 gradient flows back through the adaptation (second order) unless ``first_order`` is set.
+
+MAML is also the base of the family: an algorithm is an ``nn.Module`` so that whatever it
+meta-learns besides the model (Meta-SGD's rates, MAML++'s per-step parameters) is a
+parameter of the LightningModule, optimised by the outer optimiser and checkpointed.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params
 from metalab.objectives import AdaptThenScore
 
 
-class MAML(AdaptThenScore):
+class MAML(nn.Module, AdaptThenScore):
     def __init__(
         self,
         inner_loop: InnerLoop,
@@ -23,16 +28,20 @@ class MAML(AdaptThenScore):
         eval_inner_lr: float,
         first_order: bool = False,
     ) -> None:
+        super().__init__()
         for key, value in [("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)]:
             if value < 1:
                 raise ConfigError(f"algorithm.{key}={value}: set it to at least 1.")
         for key, value in [("inner_lr", inner_lr), ("eval_inner_lr", eval_inner_lr)]:
             if not value > 0:
                 raise ConfigError(f"algorithm.{key}={value}: the learning rate must be positive.")
-        self.inner_loop = inner_loop
+        self.inner_loop = inner_loop  # a plain object: the model is registered by the caller
         self.inner_steps, self.inner_lr = inner_steps, inner_lr
         self.eval_inner_steps, self.eval_inner_lr = eval_inner_steps, eval_inner_lr
         self.first_order = first_order
+
+    def on_outer_step(self, step: int, total_steps: int) -> None:
+        """Called before each outer step; annealed algorithms (MAML++, Reptile) use it."""
 
     def adapt_task(
         self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor

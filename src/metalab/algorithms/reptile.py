@@ -1,0 +1,186 @@
+"""Reptile (Nichol et al. 2018): move the initialisation towards the task-adapted weights.
+
+Each task of a meta-batch is trained for ``inner_steps`` steps of SGD or Adam (beta1 = 0, as
+in the paper) on all of its examples (support and query: Reptile has no query loss), in
+mini-batches of ``inner_batch`` drawn without replacement. The outer update
+
+    theta <- theta + eps * (mean_i adapted_i - theta)
+
+is written as the pseudo-gradient ``eps * (theta - mean_i adapted_i)`` into ``.grad`` and
+applied by the outer optimiser, so learning-rate schedules, gradient clipping and logging
+keep working; with ``optimizer.name=sgd optimizer.lr=1`` the update is exactly the formula
+(with Adam it is the Adam-on-pseudo-gradient variant the paper also mentions). ``eps``
+(``outer_step_size``) anneals linearly to 0 over ``trainer.max_steps`` unless ``anneal=none``.
+
+Evaluation fine-tunes with the same inner optimiser on the full support set, either
+transductively (the query set in one batch: it shares batch-norm statistics) or not (each
+query example predicted in a batch with the support set, as in the paper's code).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metalab.algorithms.maml import MAML
+from metalab.data.tasks import TaskBatch
+from metalab.distributed import average_gradients
+from metalab.errors import ConfigError
+from metalab.inner_loop import InnerLoop, Params
+
+INNER_OPTIMIZERS = ("sgd", "adam")
+ANNEALING = ("linear", "none")
+
+
+class InnerAdam:
+    """Adam with beta1 = 0 on a task, functional (vmap-safe); its state lives one adaptation.
+
+    PyTorch's form: p <- p - lr * g / (sqrt(v / (1 - beta2^t)) + eps). The paper's code keeps
+    TensorFlow's Adam state across tasks; here every task starts from a fresh state.
+    """
+
+    def __init__(self, inner_loop: InnerLoop, lr: float, beta2: float, eps: float) -> None:
+        self.inner_loop, self.lr, self.beta2, self.eps = inner_loop, lr, beta2, eps
+        self.v: Params | None = None
+        self.t = 0
+
+    def __call__(self, params: Params, x: torch.Tensor, y: torch.Tensor, index: int) -> Params:
+        grads = self.inner_loop.gradients(params, x, y, first_order=True)
+        self.t += 1
+        b2 = self.beta2
+        if self.v is None:
+            self.v = {k: (1 - b2) * g * g for k, g in grads.items()}
+        else:
+            self.v = {k: b2 * self.v[k] + (1 - b2) * g * g for k, g in grads.items()}
+        correction = 1 - b2**self.t
+        return {
+            k: p - self.lr * grads[k] / ((self.v[k] / correction).sqrt() + self.eps)
+            for k, p in params.items()
+        }
+
+
+class Reptile(MAML):
+    def __init__(
+        self,
+        inner_loop: InnerLoop,
+        *args,
+        inner_optimizer: str = "adam",
+        adam_beta2: float = 0.999,
+        adam_eps: float = 1e-8,
+        inner_batch: int | None = None,
+        outer_step_size: float = 1.0,
+        anneal: str = "linear",
+        transductive: bool = True,
+        shuffle_seed: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(inner_loop, *args, **kwargs)
+        if inner_optimizer not in INNER_OPTIMIZERS:
+            raise ConfigError(
+                f"algorithm.inner_optimizer={inner_optimizer!r} is not known: choose sgd or adam."
+            )
+        if anneal not in ANNEALING:
+            raise ConfigError(f"algorithm.anneal={anneal!r} is not known: choose linear or none.")
+        if inner_batch is not None and inner_batch < 1:
+            raise ConfigError(
+                f"algorithm.inner_batch={inner_batch}: set it to at least 1, or null for all."
+            )
+        if not outer_step_size > 0:
+            raise ConfigError(f"algorithm.outer_step_size={outer_step_size}: it must be > 0.")
+        self.inner_optimizer, self.adam_beta2, self.adam_eps = inner_optimizer, adam_beta2, adam_eps
+        self.inner_batch, self.transductive = inner_batch, transductive
+        self.outer_step_size, self.anneal = outer_step_size, anneal
+        self.epsilon = outer_step_size
+        self.generator = torch.Generator().manual_seed(shuffle_seed)
+
+    def on_outer_step(self, step: int, total_steps: int) -> None:
+        if self.anneal == "linear":
+            self.epsilon = self.outer_step_size * max(0.0, 1.0 - step / max(1, total_steps))
+
+    def meta_objective(self, *args):
+        raise TypeError(
+            "Reptile has no per-task meta-objective to differentiate; its outer step is "
+            "Reptile.outer_gradient."
+        )
+
+    def rule(self, lr: float):
+        """The inner update rule, called as (params, x, y, step index) -> params."""
+        if self.inner_optimizer == "adam":
+            return InnerAdam(self.inner_loop, lr, self.adam_beta2, self.adam_eps)
+        return lambda p, x, y, index: self.inner_loop.step(p, x, y, lr, first_order=True)
+
+    def minibatch_order(self, tasks: int, examples: int) -> torch.Tensor:
+        """Per task, ``inner_steps * inner_batch`` example indices: shuffled passes, cycled."""
+        need = self.inner_steps * self.inner_batch
+        rows = []
+        for _ in range(tasks):
+            passes = [torch.randperm(examples, generator=self.generator)]
+            while sum(len(p) for p in passes) < need:
+                passes.append(torch.randperm(examples, generator=self.generator))
+            rows.append(torch.cat(passes)[:need])
+        return torch.stack(rows)
+
+    def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
+        """``inner_steps`` steps; step i uses the i-th slice of ``inner_batch`` examples of x."""
+        update = self.rule(self.inner_lr)
+        size = self.inner_batch
+        for i in range(self.inner_steps):
+            xb, yb = (
+                (x, y)
+                if size is None
+                else (x[i * size : (i + 1) * size], y[i * size : (i + 1) * size])
+            )
+            params = update(params, xb, yb, i)
+        return params
+
+    def task_data(self, batch: TaskBatch) -> TaskBatch:
+        """All examples of each task (support then query), in the order the steps use them."""
+        x = torch.cat([batch.support_x, batch.query_x], 1)
+        y = torch.cat([batch.support_y, batch.query_y], 1)
+        if self.inner_batch is None:
+            return TaskBatch(x, y, x, y)
+        order = self.minibatch_order(len(batch), x.shape[1]).to(x.device)
+        rows = torch.arange(len(batch), device=x.device).unsqueeze(1)
+        return TaskBatch(x[rows, order], y[rows, order], x, y)
+
+    def outer_gradient(
+        self, params: Params, batch: TaskBatch, strategy
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write eps * (theta - mean adapted) into each parameter's ``.grad``.
+
+        Returns per-task loss and metric on the task's own examples after adaptation (a
+        training fit, not a query score: Reptile's tasks have no held-out part).
+        """
+        theta = {k: p.detach() for k, p in params.items()}
+        kind = self.inner_loop.kind
+
+        def adapt_task(p, steps_x, steps_y, all_x, all_y):
+            adapted = self.adapt(p, steps_x, steps_y)
+            with torch.no_grad():
+                prediction = self.inner_loop.predict(adapted, all_x)
+                out = {
+                    "loss": kind.loss(prediction, all_y),
+                    "metric": kind.metric(prediction, all_y),
+                }
+            return {**out, **{"param:" + k: v.detach() for k, v in adapted.items()}}
+
+        with torch.enable_grad():
+            out = strategy.map(adapt_task, theta, self.task_data(batch))
+        grads = [self.epsilon * (theta[k] - out["param:" + k].mean(0)) for k in params]
+        for p, g in zip(params.values(), grads, strict=True):
+            p.grad = g.to(p.dtype)
+        # DDP averages gradients in backward hooks, which a hand-written .grad bypasses.
+        average_gradients(params.values())
+        return out["loss"], out["metric"]
+
+    def evaluate(self, params, support_x, support_y, query_x, query_y):
+        return self.inner_loop.evaluate(
+            params,
+            support_x,
+            support_y,
+            query_x,
+            query_y,
+            self.eval_inner_steps,
+            self.eval_inner_lr,
+            update=self.rule(self.eval_inner_lr),
+            transductive=self.transductive,
+        )

@@ -1,0 +1,297 @@
+"""ANIL, Meta-SGD, MAML++ and Reptile: each meta-gradient/update equals the float64 reference,
+and each switch does what its config says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from metalab.algorithms import build_algorithm
+from metalab.algorithms.anil import ANIL
+from metalab.algorithms.maml import MAML
+from metalab.algorithms.mamlpp import MAMLPlusPlus, multi_step_loss_weights
+from metalab.algorithms.metasgd import MetaSGD, escape
+from metalab.algorithms.reptile import Reptile
+from metalab.errors import ConfigError
+from metalab.execution import LoopStrategy, VmapStrategy
+from metalab.inner_loop import InnerLoop
+from reference import (
+    anil_meta_gradient,
+    maml_meta_gradient,
+    mamlpp_meta_gradient,
+    metasgd_meta_gradient,
+    relative_error,
+    reptile_update,
+)
+from test_meta_gradient import conv_case, mlp_case
+
+
+def three_tasks(case):
+    """A case of test_meta_gradient cut to three tasks (vmap still runs a partial chunk)."""
+
+    def cut():
+        model, forward, kind, batch, lr = case()
+        return model, forward, kind, batch.slice(0, 3), lr
+
+    return cut
+
+
+CASES = {"mlp": three_tasks(mlp_case), "conv4-batchnorm": three_tasks(conv_case)}
+STRATEGIES = {"loop": LoopStrategy, "vmap": lambda: VmapStrategy(chunk=2)}
+# one and several inner steps, second order; first order once
+ORDERS = [(1, False), (2, False), (2, True)]
+
+
+def grad_of(tensor: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(tensor) if tensor.grad is None else tensor.grad.clone()
+
+
+def meta_gradient(model, algorithm, batch, strategy, extra=()) -> list[torch.Tensor]:
+    """The gradient the strategy leaves on the model's parameters, then on ``extra``."""
+    model.zero_grad()
+    algorithm.zero_grad()
+    params = dict(model.named_parameters())
+    losses, _ = strategy.meta_gradient(
+        algorithm.meta_objective, params, batch, lambda loss: loss.backward()
+    )
+    assert losses.shape == (len(batch),) and torch.isfinite(losses).all()
+    return [grad_of(p) for p in [*model.parameters(), *extra]]
+
+
+@pytest.mark.parametrize("steps,first_order", ORDERS)
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_metasgd_matches_reference(case, strategy, steps, first_order):
+    model, forward, kind, batch, lr = CASES[case]()
+    algorithm = MetaSGD(InnerLoop(model, kind), steps, lr, steps, lr, first_order=first_order)
+    algorithm.double()
+    with torch.no_grad():  # distinct rates per element, so a mix-up of shapes cannot pass
+        for rate in algorithm.rates.values():
+            rate.mul_(torch.empty_like(rate).uniform_(0.5, 1.5))
+    rates = [algorithm.rates[escape(n)] for n, _ in model.named_parameters()]
+    ours = meta_gradient(model, algorithm, batch, STRATEGIES[strategy](), rates)
+    reference = metasgd_meta_gradient(
+        forward, list(model.parameters()), rates, batch, kind.loss, steps, first_order
+    )
+    assert relative_error(ours, reference) < 1e-8
+    rate_grads = ours[len(list(model.parameters())) :]
+    assert all(g.abs().sum() > 0 for g in rate_grads)  # the rates are meta-learned
+
+
+@pytest.mark.parametrize("steps,first_order", ORDERS)
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_anil_matches_reference(case, strategy, steps, first_order):
+    model, forward, kind, batch, lr = CASES[case]()
+    algorithm = ANIL(InnerLoop(model, kind), steps, lr, steps, lr, first_order=first_order)
+    ours = meta_gradient(model, algorithm, batch, STRATEGIES[strategy]())
+    reference = anil_meta_gradient(
+        forward, list(model.parameters()), 2, batch, kind.loss, steps, lr, first_order
+    )
+    assert relative_error(ours, reference) < 1e-8
+
+
+def test_anil_body_gets_second_order_gradient_through_the_head():
+    model, _, kind, batch, lr = CASES["conv4-batchnorm"]()
+    second = meta_gradient(model, ANIL(InnerLoop(model, kind), 1, lr, 1, lr), batch, LoopStrategy())
+    first = meta_gradient(
+        model, ANIL(InnerLoop(model, kind), 1, lr, 1, lr, first_order=True), batch, LoopStrategy()
+    )
+    body = slice(0, len(second) - 2)
+    assert relative_error(first[body], second[body]) > 1e-3
+
+
+def mamlpp(model, kind, steps, lr, **switches) -> MAMLPlusPlus:
+    algorithm = MAMLPlusPlus(InnerLoop(model, kind), steps, lr, steps, lr, **switches).double()
+    with torch.no_grad():  # per-step values that differ, so a wrong step index cannot pass
+        for rate in algorithm.step_rates.values():
+            rate.mul_(torch.empty_like(rate).uniform_(0.5, 1.5))
+        for name, value in algorithm.step_bn.items():
+            low, high = (0.5, 1.5) if name.endswith("weight") else (-0.5, 0.5)
+            value.uniform_(low, high)
+    return algorithm
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_mamlpp_with_all_tricks_matches_reference(case, strategy, steps):
+    model, forward, kind, batch, lr = CASES[case]()
+    per_step_bn = case.startswith("conv4")
+    algorithm = mamlpp(model, kind, steps, lr, msl_anneal_steps=2000, per_step_bn=per_step_bn)
+    algorithm.on_outer_step(700, 10_000)
+    weights = algorithm.loss_weights()
+    assert len(set(weights)) == steps  # partly annealed: the last weight differs
+    names = [n for n, _ in model.named_parameters()]
+    bn = [names.index(n) for n in algorithm.bn_names]
+    step_rates = [None if j in bn else algorithm.step_rates[escape(n)] for j, n in enumerate(names)]
+    step_bn = [algorithm.step_bn[escape(n)] for n in algorithm.bn_names]
+    learnable = [r for r in step_rates if r is not None]
+    ours = meta_gradient(model, algorithm, batch, STRATEGIES[strategy](), learnable + step_bn)
+    reference = mamlpp_meta_gradient(
+        forward, list(model.parameters()), step_rates, bn, step_bn, weights, batch, kind.loss, steps
+    )
+    assert relative_error(ours, reference) < 1e-8
+
+
+ALL_OFF = dict(multi_step_loss=False, learnable_lr=False, per_step_bn=False, first_order_steps=0)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_mamlpp_with_all_tricks_off_is_maml_exactly(case, strategy):
+    model, _, kind, batch, lr = CASES[case]()
+    plain = mamlpp(model, kind, 2, lr, **ALL_OFF)
+    assert list(plain.parameters()) == []
+    ours = meta_gradient(model, plain, batch, STRATEGIES[strategy]())
+    maml = meta_gradient(
+        model, MAML(InnerLoop(model, kind), 2, lr, 2, lr), batch, STRATEGIES[strategy]()
+    )
+    assert all(torch.equal(a, b) for a, b in zip(ours, maml, strict=True))
+
+
+def test_mamlpp_derivative_order_annealing_switches_at_the_configured_step():
+    model, forward, kind, batch, lr = CASES["mlp"]()
+    algorithm = mamlpp(model, kind, 2, lr, **{**ALL_OFF, "first_order_steps": 10})
+    reference = {
+        fo: maml_meta_gradient(forward, list(model.parameters()), batch, kind.loss, 2, lr, fo)
+        for fo in (True, False)
+    }
+    for outer_step, first_order in [(0, True), (9, True), (10, False), (500, False)]:
+        algorithm.on_outer_step(outer_step, 1000)
+        ours = meta_gradient(model, algorithm, batch, LoopStrategy())
+        assert relative_error(ours, reference[first_order]) < 1e-8, outer_step
+
+
+def test_multi_step_loss_weights_anneal_to_the_last_step():
+    assert multi_step_loss_weights(5, 0, 100) == pytest.approx([0.2] * 5)
+    middle = multi_step_loss_weights(5, 50, 100)
+    assert middle[:-1] == pytest.approx([0.1] * 4) and middle[-1] == pytest.approx(0.6)
+    end = multi_step_loss_weights(5, 10_000, 100)
+    assert end[:-1] == pytest.approx([0.006] * 4) and end[-1] == pytest.approx(1 - 4 * 0.006)
+    for step in (0, 37, 100, 10_000):
+        assert sum(multi_step_loss_weights(5, step, 100)) == pytest.approx(1.0)
+
+
+def test_mamlpp_switches_create_and_route_their_parameters():
+    model, _, kind, batch, lr = CASES["conv4-batchnorm"]()
+    algorithm = mamlpp(model, kind, 3, lr)
+    assert set(algorithm.step_bn) == {escape(n) for n in algorithm.bn_names}
+    assert len(algorithm.bn_names) == 8  # weight and bias of 4 norm layers
+    assert all(
+        v.shape[0] == 3 for v in [*algorithm.step_bn.values(), *algorithm.step_rates.values()]
+    )
+    assert not set(algorithm.step_rates) & set(algorithm.step_bn)  # norm parameters do not adapt
+    meta_gradient(model, algorithm, batch, LoopStrategy())
+    params = dict(model.named_parameters())
+    assert all(params[n].grad is None for n in algorithm.bn_names)  # replaced by per-step ones
+    assert all(v.grad.abs().sum() > 0 for v in algorithm.step_bn.values())
+    no_lr = mamlpp(model, kind, 3, lr, learnable_lr=False)
+    assert len(no_lr.step_rates) == 0
+
+
+def test_mamlpp_per_step_bn_needs_batch_norm():
+    model, _, kind, _, lr = mlp_case()
+    with pytest.raises(ConfigError, match="per_step_bn=false"):
+        MAMLPlusPlus(InnerLoop(model, kind), 1, lr, 1, lr, per_step_bn=True)
+
+
+# --- Reptile ---
+
+
+def reptile(model, kind, steps, lr, **kwargs) -> Reptile:
+    return Reptile(InnerLoop(model, kind), steps, lr, 2, lr, anneal="none", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "steps,optimizer,inner_batch",
+    [(1, "sgd", None), (3, "sgd", 4), (3, "adam", None), (2, "adam", 4)],
+)
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_reptile_update_equals_the_formula(case, strategy, steps, optimizer, inner_batch):
+    model, forward, kind, batch, lr = CASES[case]()
+    lr = 0.01 if optimizer == "adam" else lr
+    kwargs = dict(inner_optimizer=optimizer, inner_batch=inner_batch, outer_step_size=0.7)
+    algorithm = reptile(model, kind, steps, lr, **kwargs)
+    order = reptile(model, kind, steps, lr, **kwargs).task_data(batch)  # same seed, same order
+    before = [p.detach().clone() for p in model.parameters()]
+    expected = reptile_update(
+        forward, before, order.support_x, order.support_y, kind.loss, steps, lr, inner_batch,
+        optimizer, 0.7, 0.999, 1e-8,
+    )  # fmt: skip
+    model.zero_grad()
+    losses, metrics = algorithm.outer_gradient(
+        dict(model.named_parameters()), batch, STRATEGIES[strategy]()
+    )
+    assert losses.shape == metrics.shape == (len(batch),)
+    torch.optim.SGD(model.parameters(), lr=1.0).step()  # theta - 1 * eps * (theta - mean W)
+    assert relative_error(list(model.parameters()), expected) < 1e-8
+    assert relative_error(list(model.parameters()), before) > 1e-4
+
+
+def test_reptile_minibatches_are_shuffled_passes_over_each_task():
+    model, _, kind, batch, lr = conv_case()
+    data = reptile(model, kind, 3, lr, inner_batch=4).task_data(batch)
+    all_x = torch.cat([batch.support_x, batch.query_x], 1)  # 12 examples per task
+    for task in range(len(batch)):
+        flat = all_x[task].flatten(1)
+        taken = [int((flat == row).all(1).nonzero()) for row in data.support_x[task].flatten(1)]
+        assert sorted(taken) == list(range(12)) and taken != list(range(12))
+
+
+def test_reptile_epsilon_anneals_linearly_to_zero():
+    model, _, kind, _, lr = mlp_case()
+    algorithm = Reptile(InnerLoop(model, kind), 1, lr, 1, lr, outer_step_size=0.5)
+    seen = []
+    for step in (0, 250, 500, 1000):
+        algorithm.on_outer_step(step, 1000)
+        seen.append(algorithm.epsilon)
+    assert seen == pytest.approx([0.5, 0.375, 0.25, 0.0])
+    constant = reptile(model, kind, 1, lr, outer_step_size=0.5)
+    constant.on_outer_step(900, 1000)
+    assert constant.epsilon == 0.5
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_non_transductive_prediction_sees_only_the_support_set(case):
+    model, forward, kind, batch, _ = CASES[case]()
+    loop = InnerLoop(model, kind)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    sx, qx = batch.support_x[0], batch.query_x[0]
+    plist = list(params.values())
+    each = torch.stack([forward(plist, torch.cat([sx, q[None]]))[-1] for q in qx])
+    together = forward(plist, qx)
+    torch.testing.assert_close(loop.predict_query(params, sx, qx, transductive=False), each)
+    torch.testing.assert_close(loop.predict_query(params, sx, qx, transductive=True), together)
+    differs = not torch.allclose(each, together)
+    assert differs == (case == "conv4-batchnorm")  # only batch norm couples the examples
+
+
+def test_reptile_evaluation_follows_the_transductive_switch():
+    model, _, kind, batch, lr = conv_case()
+    runs = {
+        t: reptile(model, kind, 1, lr, transductive=t).evaluate(
+            {k: p.detach() for k, p in model.named_parameters()}, *batch.task(0).__dict__.values()
+        )
+        for t in (True, False)
+    }
+    assert runs[True]["loss"].shape == (3,)  # before adaptation and after each of 2 steps
+    assert not torch.allclose(runs[True]["loss"], runs[False]["loss"])
+
+
+def test_reptile_has_no_differentiable_meta_objective():
+    model, _, kind, batch, lr = mlp_case()
+    with pytest.raises(TypeError, match="outer_gradient"):
+        reptile(model, kind, 1, lr).meta_objective({}, *batch.task(0).__dict__.values())
+
+
+def test_unknown_algorithm_setting_is_refused_with_the_known_ones():
+    model, _, kind, _, _ = mlp_case()
+    cfg = OmegaConf.create(
+        dict(name="anil", inner_steps=1, inner_lr=0.1, eval_inner_steps=1, eval_inner_lr=0.1,
+             first_order=False, meta_batch=4, inner_batch=3)
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="has no setting inner_batch"):
+        build_algorithm(cfg, InnerLoop(model, kind))

@@ -1,0 +1,124 @@
+"""Each new algorithm end to end through metalab-train: its Omniglot preset, shrunk to a
+few seconds (one Hydra multirun, one process), writes results.json and a checkpoint that
+holds what the algorithm meta-learns and reloads."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from cli import read_results, run_cli
+from metalab.assembly import build_data, build_module
+from metalab.module import MetaLearner
+
+PRESETS = ["anil", "metasgd", "mamlpp", "reptile"]
+TINY = [
+    "model=conv4",  # the presets' groups, so that the overrides below validate
+    "dataset=omniglot",
+    "model.channels=4",
+    "algorithm.meta_batch=2",
+    "algorithm.inner_steps=2",
+    "algorithm.eval_inner_steps=2",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.enable_progress_bar=false",
+    "val.tasks=2",
+    "eval.tasks=4",
+    "eval.batch=4",
+    "logger=csv",
+    "strategy=loop",
+]
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory) -> dict:
+    where = tmp_path_factory.mktemp("algorithms")
+    sweep = where / "sweep"
+    presets = ",".join(f"{name}_omniglot_5w1s" for name in PRESETS)
+    out = run_cli(
+        "metalab-train",
+        "-m",
+        f"experiment={presets}",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweep.subdir=${hydra.job.num}",  # the default names every override: too long
+        cwd=where,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = [p for p in sweep.iterdir() if (p / "results.json").is_file()]
+    return {read_results(p)["config"]["algorithm"]["name"]: p for p in runs}
+
+
+def test_every_algorithm_writes_results(jobs):
+    assert sorted(jobs) == sorted(PRESETS)
+    for name, run_dir in jobs.items():
+        results = read_results(run_dir)
+        test = results["metrics"]["test/acc"]
+        assert results["status"] == "completed" and results["train"]["steps"] == 2, name
+        assert test["tasks"] == 4 and len(test["per_step"]) == 3, name
+        assert 0.0 <= test["mean"] <= 1.0 and results["protocol"]["ways"] == 5
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_reptile_preset_steps_sgd_on_the_pseudo_gradient(jobs):
+    config = read_results(jobs["reptile"])["config"]
+    assert config["optimizer"]["name"] == "sgd" and config["optimizer"]["lr"] == 1.0
+    assert config["dataset"]["queries"] == 9 and config["dataset"]["test_queries"] == 15
+
+
+def fresh_module(run_dir) -> MetaLearner:
+    """The module as metalab-train built it before the first step (same seed, same order)."""
+    cfg = OmegaConf.create(read_results(run_dir)["config"])
+    pl.seed_everything(int(cfg.seed), verbose=False)
+    _, in_shape, out_features = build_data(cfg)
+    return build_module(cfg, in_shape, out_features)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_checkpoint_holds_and_reloads_what_the_algorithm_learns(jobs, name):
+    ckpt = jobs[name] / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    learned = {"metasgd": "algorithm.rates.", "mamlpp": "algorithm.step_rates."}
+    if name in learned:
+        assert any(key.startswith(learned[name]) for key in state)
+    if name == "mamlpp":
+        assert any(key.startswith("algorithm.step_bn.") for key in state)
+    reloaded = MetaLearner.load_from_checkpoint(ckpt, map_location="cpu")
+    for key, value in reloaded.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+    fresh = fresh_module(jobs[name]).state_dict()
+    moved = [key for key in state if not torch.equal(fresh[key], state[key])]
+    assert any(key.startswith("model.features.0.0") for key in moved), name  # the body trained
+    if name in learned:
+        assert any(key.startswith(learned[name]) for key in moved)
+
+
+def test_non_transductive_evaluation_is_named_in_the_protocol(jobs):
+    from metalab.assembly import protocol
+
+    cfg = OmegaConf.create(read_results(jobs["reptile"])["config"])
+    assert "transductive at test" in protocol(cfg)["batch_norm"]
+    cfg.algorithm.transductive = False
+    assert "non-transductive" in protocol(cfg)["batch_norm"]
+
+
+@pytest.mark.parametrize("scheduler,factors", [("linear", [1.0, 0.75, 0.5]), ("none", [1.0] * 3)])
+def test_outer_optimizer_and_schedule_follow_the_config(jobs, scheduler, factors):
+    from types import SimpleNamespace
+
+    cfg = OmegaConf.create(read_results(jobs["reptile"])["config"])
+    cfg.optimizer.scheduler = scheduler
+    module = build_module(cfg, (1, 28, 28), 5)
+    module._trainer = SimpleNamespace(max_steps=4)
+    configured = module.configure_optimizers()
+    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+    assert isinstance(optimizer, torch.optim.SGD)
+    seen = []
+    for _ in factors:
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if isinstance(configured, dict):
+            configured["lr_scheduler"].step()
+    assert seen == pytest.approx(factors)
