@@ -46,25 +46,24 @@ def checkpoint_config(ckpt: dict, path: str | Path) -> dict[str, Any]:
 
 
 def _identity(cfg: Any) -> dict[str, Any]:
-    """What must match for weights to be reused: the algorithm, the whole model, the output."""
+    """What must match for weights to be reused: the algorithm, the model, the output size."""
     cfg = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
-    dataset = cfg["dataset"]
-    return {
-        "algorithm": cfg["algorithm"]["name"],
-        "model": cfg["model"],
-        "dataset": dataset["name"],
-        "ways": dataset.get("ways"),
-    }
+    identity = {"algorithm": cfg["algorithm"]["name"], "dataset": cfg["dataset"]["name"]}
+    identity.update({f"model.{k}": v for k, v in cfg["model"].items()})
+    if "ways" in cfg["dataset"]:
+        identity["dataset.ways"] = cfg["dataset"]["ways"]
+    return identity
 
 
 def check_same_setup(ckpt_cfg: Any, cfg: Any, path: str | Path) -> None:
     """Refuse a checkpoint of another algorithm, model or output size, naming the difference."""
     have, want = _identity(ckpt_cfg), _identity(cfg)
-    for key in have:
-        if have[key] != want[key]:
+    for key in sorted(set(have) | set(want)):
+        if have.get(key) != want.get(key):
             raise ConfigError(
-                f"{path} was trained with {key}={have[key]} but this run uses {key}={want[key]}: "
-                f"use a checkpoint of the same setup, or set {key} to {have[key]}."
+                f"{path} was trained with {key}={have.get(key)} but this run has "
+                f"{key}={want.get(key)}: set {key}={have.get(key)} to continue from it, or "
+                "start a new run (a new hydra.run.dir, without resume=true)."
             )
 
 

@@ -137,16 +137,18 @@ def _sigterm_outside_lightning(signum, frame) -> None:
 
 
 def interrupted_checkpoint(run_dir: Path) -> Path | None:
-    """With resume=true, the checkpoint of the newest interrupted earlier attempt, if any."""
+    """With resume=true, the checkpoint of the newest interrupted earlier attempt; None when a
+    newer attempt trained further (its failure stands) or none was interrupted."""
     attempts = sorted(
         run_dir.glob("attempt-*"), key=lambda p: int(p.name.split("-")[1]), reverse=True
     )
     for attempt in attempts:
-        if read_status(attempt) == INTERRUPTED:
-            for name in ("interrupted.ckpt", "last.ckpt"):
-                if (attempt / "checkpoints" / name).is_file():
-                    return attempt / "checkpoints" / name
-        return None
+        kept = [attempt / "checkpoints" / n for n in ("interrupted.ckpt", "last.ckpt")]
+        kept = [p for p in kept if p.is_file()]
+        if read_status(attempt) == INTERRUPTED and kept:
+            return kept[0]
+        if kept:
+            return None
     return None
 
 
