@@ -136,7 +136,8 @@ class InnerGradientMonitor(pl.Callback):
         if (norm > self.threshold or not math.isfinite(norm)) and not self.warned:
             self.warned = True
             log.warning(
-                "the inner gradient norm is %.3g at step %d (above numerics.inner_grad_warn=%g): "
+                "the inner gradient norm is %.3g at step %d (warning threshold "
+                "numerics.inner_grad_warn=%g): "
                 "the inner loop may diverge; lower algorithm.inner_lr (now %s).",
                 norm,
                 trainer.global_step,
