@@ -154,6 +154,8 @@ class RunGuard(Callback):
             raise SystemExit(f"metalab: error: {error}") from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower():
+            return  # an Optuna study resumes from its own storage (its trials are new jobs)
         try:
             prepare_sweep_dir(Path(config.hydra.sweep.dir), bool(config.get("resume", False)))
         except ConfigError as error:
