@@ -226,6 +226,15 @@ def _kept_checkpoints(run_dir: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
 
 
+def _config(cfg: DictConfig) -> dict | str:
+    """The resolved config for results.json; its text if it does not resolve (that may be
+    why the job failed)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001
+        return OmegaConf.to_yaml(cfg)
+
+
 def _completed_value(run_dir: Path) -> float | None:
     """The validation metric a completed job returned, for sweepers, when it is skipped."""
     metrics = json.loads((run_dir / "results.json").read_text()).get("metrics", {})
@@ -261,6 +270,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             step=stop.step,
             checkpoint=stop.checkpoint,
             checkpoints=_kept_checkpoints(run_dir),
+            config=_config(cfg),
         )
         print(f"metalab: {stop}", file=sys.stderr)
         raise SystemExit(128 + signal.Signals[stop.signal].value) from None
@@ -271,6 +281,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             error=str(error),
             error_type=type(error).__name__,
             checkpoints=_kept_checkpoints(run_dir),
+            config=_config(cfg),
         )
         log.error("%s", error)
         if multirun:
@@ -283,6 +294,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             error=f"{type(error).__name__}: {error}",
             error_type=type(error).__name__,
             checkpoints=_kept_checkpoints(run_dir),
+            config=_config(cfg),
         )
         if multirun:
             log.exception("job %s failed", run_dir.name)
