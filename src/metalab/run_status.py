@@ -28,6 +28,7 @@ log = logging.getLogger("metalab")
 COMPLETED, FAILED, INTERRUPTED = "completed", "failed", "interrupted"
 RESULTS = "results.json"
 KEPT_HYDRA = ".hydra-kept"
+WANDB_RUN_ID = "wandb_run_id"  # metalab.loggers.RUN_ID_FILE, where the merged branch has it
 
 
 def read_status(run_dir: Path) -> str | None:
@@ -59,6 +60,8 @@ def move_aside(run_dir: Path) -> Path:
     target.mkdir()
     for entry in entries:
         shutil.move(str(entry), str(target / entry.name))
+    if (target / WANDB_RUN_ID).is_file():  # the re-run continues the job's W&B run
+        shutil.copy2(target / WANDB_RUN_ID, run_dir / WANDB_RUN_ID)
     return target
 
 
