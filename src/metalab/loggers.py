@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import string
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -38,6 +40,13 @@ def wandb_mode(requested: str) -> str:
         log.warning(
             "logger.wandb.mode=online but no W&B credentials (WANDB_API_KEY or `wandb login`) "
             "were found: logging offline instead; upload later with `wandb sync`."
+        )
+        return "offline"
+    if requested == "online" and not wandb_reachable():
+        log.warning(
+            "logger.wandb.mode=online but the W&B server %s cannot be reached: logging offline "
+            "instead; upload later with `wandb sync`.",
+            wandb_host(),
         )
         return "offline"
     return requested
@@ -77,6 +86,21 @@ def run_name(run_dir: Path) -> str:
 def job_tags(config: dict[str, Any], extra: list[str]) -> list[str]:
     names = [config.get(k, {}).get("name") for k in ("algorithm", "dataset", "model")]
     return list(dict.fromkeys([str(n) for n in names if n] + [str(t) for t in extra]))
+
+
+def wandb_host() -> tuple[str, int]:
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """A TCP connection within seconds, so a machine without network never waits on W&B's
+    own retries (minutes) before falling back."""
+    try:
+        with socket.create_connection(wandb_host(), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def build_loggers(

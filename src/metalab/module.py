@@ -22,13 +22,12 @@ from metalab.inner_loop import InnerLoop
 from metalab.losses import TASK_KINDS
 from metalab.models import build_model
 from metalab.models.layout import apply_memory_format, resolve_memory_format
+from metalab.numerics import NonFiniteLossError, non_finite_error
 from metalab.results import mean_and_ci95
 
+__all__ = ["MetaLearner", "NonFiniteLossError"]
+
 OUTER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-
-
-class NonFiniteLossError(MetalabError):
-    """The meta-training loss became NaN or infinite."""
 
 
 class MetaLearner(pl.LightningModule):
@@ -79,11 +78,7 @@ class MetaLearner(pl.LightningModule):
             )
         loss = losses.mean()
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the meta-training loss is {loss.item()} at step {self.global_step}: the inner "
-                f"or outer learning rate is probably too high (algorithm.inner_lr="
-                f"{self.cfg.algorithm.inner_lr}, optimizer.lr={self.cfg.optimizer.lr}); lower it."
-            )
+            raise non_finite_error(self, batch, losses)  # before the step: weights stay finite
         clip = self.cfg.optimizer.grad_clip
         if clip:
             self.clip_gradients(optimizer, gradient_clip_val=float(clip))
