@@ -32,8 +32,14 @@ TINY = [
 def sweep(tmp_path_factory) -> Path:
     where = tmp_path_factory.mktemp("joblib_sweep")
     out = run_cli(
-        "metalab-train", "-m", "hydra/launcher=parallel", "algorithm=maml,fomaml", "seed=0,1",
-        *TINY, f"hydra.sweep.dir={where / 'sweep'}", cwd=where,
+        "metalab-train",
+        "-m",
+        "hydra/launcher=parallel",
+        "algorithm=maml,fomaml",
+        "seed=0,1",
+        *TINY,
+        f"hydra.sweep.dir={where / 'sweep'}",
+        cwd=where,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return where / "sweep"
@@ -73,9 +79,12 @@ def test_a_job_run_again_in_its_directory_continues_its_wandb_run(sweep, tmp_pat
     first_id = (job / "wandb_run_id").read_text().strip()
     overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
     overrides = [o for o in overrides if not o.startswith("hydra")]
-    out = run_cli("metalab-train", *overrides, f"hydra.run.dir={job}", cwd=tmp_path)
+    out = run_cli("metalab-train", *overrides, f"hydra.run.dir={job}", "resume=true", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    attempts = sorted((job / "wandb").glob("offline-run-*"))
+    # the unfinished attempt was moved aside (never deleted); the id file stayed in place
+    attempts = sorted(job.glob("wandb/offline-run-*")) + sorted(
+        job.glob("attempt-*/wandb/offline-run-*")
+    )
     assert len(attempts) == 2
     assert all(a.name.endswith(f"-{first_id}") for a in attempts)
     assert wandb_run_record(job)["run_id"] == first_id
@@ -144,10 +153,20 @@ def test_compare_html_renders_offline_in_headless_chromium(report, tmp_path):
     probe = tmp_path / "probe.html"  # the page plus a script that measures what rendered
     probe.write_text(page.replace("</body>", CHECK_SCRIPT + "</body>"))
     out = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--user-data-dir=" + str(tmp_path / "profile"), "--virtual-time-budget=10000",
-         "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--user-data-dir=" + str(tmp_path / "profile"),
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     images = re.search(r'data-images="([^"]*)"', out.stdout)
