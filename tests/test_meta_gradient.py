@@ -200,3 +200,17 @@ def test_hybrid_refuses_an_objective_that_is_not_adapt_then_score():
     auto = AutoStrategy([LoopStrategy(), HybridStrategy()], min_repeats=1, max_repeats=1)
     auto.meta_gradient(algorithm.meta_objective, params, batch, lambda loss: loss.backward())
     assert auto.chosen.name == "loop" and set(auto.timings) == {"loop"}
+
+
+class Refusing(LoopStrategy):
+    name = "refusing"
+
+    def meta_gradient(self, *args):
+        raise RuntimeError("vmap: called random operation while in randomness error mode")
+
+
+def test_auto_passes_over_a_candidate_that_cannot_run_the_model():
+    model, _, kind, batch, lr = mlp_case()
+    auto = AutoStrategy([LoopStrategy(), Refusing()], min_repeats=1, max_repeats=1)
+    metalab_meta_gradient(model, kind, batch, auto, 1, lr, False)
+    assert auto.chosen.name == "loop" and set(auto.timings) == {"loop"}

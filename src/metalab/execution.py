@@ -300,10 +300,16 @@ class AutoStrategy:
             ):
                 log.info("strategy=auto: skipping vmap, one task per chunk is the loop")
                 continue
-            seconds = self._fastest_run(
-                lambda s=strategy: s.meta_gradient(fn, params, batch, discard),
-                batch.support_x.is_cuda,
-            )
+            try:
+                seconds = self._fastest_run(
+                    lambda s=strategy: s.meta_gradient(fn, params, batch, discard),
+                    batch.support_x.is_cuda,
+                )
+            except RuntimeError as error:  # e.g. vmap refuses a model's random ops (DropBlock)
+                if strategy is self.candidates[0]:
+                    raise
+                log.info("strategy=auto: %s cannot run this model (%s)", strategy.name, error)
+                continue
             self.timings[strategy.name] = len(batch) / seconds
         names = list(self.timings)  # the same on every rank: skips depend on fn and chunks only
         self.timings = dict(zip(names, agree_mean([self.timings[n] for n in names]), strict=True))
