@@ -25,6 +25,7 @@ from metalab.assembly import check_device, check_head, check_positive
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop
 from metalab.losses import TASK_KINDS
+from metalab.models import build_model
 from metalab.paths import config_dir
 
 # Keys every algorithm config has that the data/module read, not the algorithm class.
@@ -217,14 +218,31 @@ def check_gpu(cfg: DictConfig) -> None:
         )
 
 
+GRAYSCALE = ("omniglot",)
+
+
+def example_shape(cfg: DictConfig) -> tuple[int, ...]:
+    """One example's shape, from the config alone (the data is not read yet)."""
+    if cfg.dataset.task != "classification":
+        return (1,)
+    size = int(cfg.dataset.image_size)
+    return (1 if cfg.dataset.name in GRAYSCALE else 3, size, size)
+
+
 def check_algorithm_settings(cfg: DictConfig) -> None:
-    """Let the algorithm's constructor refuse its own settings now, on a stand-in model."""
+    """Let the algorithm's constructor refuse its settings now, on the configured model.
+
+    The model is built on the shape the data set will give (cheap: no data is read), so
+    checks that need it (ANIL's head, MAML++'s batch norm) hold too.
+    """
     try:
         kind = TASK_KINDS[cfg.dataset.task]
-        build_algorithm(cfg.algorithm, InnerLoop(torch.nn.Linear(1, 1), kind))
+        ways = int(cfg.dataset.ways) if cfg.dataset.task == "classification" else 1
+        model = build_model(cfg.model, example_shape(cfg), ways)
+        build_algorithm(cfg.algorithm, InnerLoop(model, kind))
     except ConfigError:
         raise
-    except Exception:  # noqa: BLE001 - one that needs the real model checks it when built
+    except Exception:  # noqa: BLE001 - anything else is checked when the real run builds it
         return
 
 
