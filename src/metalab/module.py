@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from metalab.algorithms import build_algorithm
+from metalab.algorithms import build_algorithm, has_fixed_head
 from metalab.data.tasks import TaskBatch
 from metalab.errors import MetalabError
 from metalab.execution import build_strategy
@@ -37,7 +37,12 @@ class MetaLearner(pl.LightningModule):
         self.automatic_optimization = False
         self.cfg = OmegaConf.create(cfg)
         self.kind = TASK_KINDS[self.cfg.dataset.task]
-        self.model = build_model(self.cfg.model, tuple(in_shape), out_features)
+        self.model = build_model(
+            self.cfg.model,
+            tuple(in_shape),
+            out_features,
+            head=has_fixed_head(self.cfg.algorithm.name),
+        )
         self.algorithm = build_algorithm(self.cfg.algorithm, InnerLoop(self.model, self.kind))
         chunk = self.cfg.vmap_chunk
         self.strategy = build_strategy(
@@ -74,7 +79,8 @@ class MetaLearner(pl.LightningModule):
             raise NonFiniteLossError(
                 f"the meta-training loss is {loss.item()} at step {self.global_step}: the inner "
                 f"or outer learning rate is probably too high (algorithm.inner_lr="
-                f"{self.cfg.algorithm.inner_lr}, optimizer.lr={self.cfg.optimizer.lr}); lower it."
+                f"{self.cfg.algorithm.get('inner_lr')}, optimizer.lr={self.cfg.optimizer.lr}); "
+                "lower it."
             )
         clip = self.cfg.optimizer.grad_clip
         if clip:

@@ -8,11 +8,21 @@ from torch import nn
 
 from metalab.errors import ConfigError
 from metalab.models.conv4 import Conv4
+from metalab.models.embedding import Embedding
+from metalab.models.koch import KochNet
 from metalab.models.mlp import MLP
 
 
-def build_model(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> nn.Module:
-    """Build the model for inputs of ``in_shape`` (one example) and ``out_features`` outputs."""
+def build_model(
+    cfg: Any, in_shape: tuple[int, ...], out_features: int, head: bool = True
+) -> nn.Module:
+    """Build the model for inputs of ``in_shape`` (one example) and ``out_features`` outputs;
+    ``head=False``: the same backbone without its linear head (an ``Embedding``)."""
+    model = _build_with_head(cfg, in_shape, out_features)
+    return model if head else Embedding(model, tuple(in_shape))
+
+
+def _build_with_head(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> nn.Module:
     if cfg.name == "mlp":
         if len(in_shape) != 1:
             raise ConfigError(
@@ -34,4 +44,11 @@ def build_model(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> nn.Mo
             blocks=int(cfg.blocks),
             norm=str(cfg.norm),
         )
-    raise ConfigError(f"model.name={cfg.name!r} is not known: choose mlp or conv4.")
+    if cfg.name == "koch":
+        if len(in_shape) != 3:
+            raise ConfigError(
+                f"model=koch takes images [channels, height, width] but this dataset gives "
+                f"{tuple(in_shape)}: use model=mlp for vector inputs."
+            )
+        return KochNet(in_shape[0], out_features, image_size=in_shape[-1])
+    raise ConfigError(f"model.name={cfg.name!r} is not known: choose mlp, conv4 or koch.")
