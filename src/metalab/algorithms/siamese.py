@@ -36,7 +36,8 @@ def balanced_pair_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     same = (labels.unsqueeze(1) == labels.unsqueeze(0)).to(logits.dtype)
     off_diagonal = 1 - torch.eye(len(labels), dtype=logits.dtype, device=logits.device)
     positive, negative = same * off_diagonal, (1 - same) * off_diagonal
-    weights = 0.5 * positive / positive.sum().clamp(min=1) + 0.5 * negative / negative.sum()
+    halves = 0.5 / positive.sum().clamp(min=1), 0.5 / negative.sum().clamp(min=1)
+    weights = positive * halves[0] + negative * halves[1]
     bce = F.binary_cross_entropy_with_logits(logits, same, reduction="none")
     return (weights * bce).sum()
 
