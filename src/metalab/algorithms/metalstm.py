@@ -34,6 +34,11 @@ from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params
 
 
+# The input LSTM's (h, c) per coordinate; None before the first step or without that layer.
+State = tuple[torch.Tensor, torch.Tensor] | None
+Gates = tuple[torch.Tensor, torch.Tensor]  # (i, f) per coordinate
+
+
 def preprocess(z: torch.Tensor, p: float = 10.0) -> torch.Tensor:
     """[..., 2]: Andrychowicz et al.'s (log|z|/p, sign z), or (-1, e^p z) when |z| < e^-p."""
     large = z.abs() >= math.exp(-p)
@@ -92,7 +97,9 @@ class MetaLSTM(nn.Module):
     def on_outer_step(self, step: int, total_steps: int) -> None:
         """Nothing is annealed."""
 
-    def describe(self, grads: torch.Tensor, loss: torch.Tensor, state):
+    def describe(
+        self, grads: torch.Tensor, loss: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
         """x_t per coordinate [P, features] from the preprocessed gradient and loss."""
         x = torch.cat(
             [preprocess(grads, self.p), preprocess(loss, self.p).expand(len(grads), 2)], 1
@@ -103,7 +110,14 @@ class MetaLSTM(nn.Module):
         h, c = self.input_lstm(x, h, c)
         return h, (h, c)
 
-    def update(self, theta, grads, loss, gates, state):
+    def update(
+        self,
+        theta: torch.Tensor,
+        grads: torch.Tensor,
+        loss: torch.Tensor,
+        gates: Gates,
+        state: State,
+    ) -> tuple[torch.Tensor, Gates, State]:
         """One meta-learner step: (theta_t, (i_t, f_t), state) from theta_{t-1} and grad_t."""
         x, state = self.describe(grads, loss, state)
         i_prev, f_prev = gates
@@ -113,7 +127,14 @@ class MetaLSTM(nn.Module):
         i, f = i.squeeze(1), f.squeeze(1)
         return f * theta - i * grads, (i, f), state
 
-    def unroll(self, params: Params, support_x, support_y, steps: int, keep_graph: bool = True):
+    def unroll(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        steps: int,
+        keep_graph: bool = True,
+    ) -> list[Params]:
         """theta_0 .. theta_steps (as parameter dicts), each step on the whole support set;
         ``keep_graph=False`` (evaluation) cuts the graph after every step."""
         theta = flatten(params)
