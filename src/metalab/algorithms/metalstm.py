@@ -33,7 +33,6 @@ from metalab.algorithms.lstm_cell import LSTMCell
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params
 
-
 # The input LSTM's (h, c) per coordinate; None before the first step or without that layer.
 State = tuple[torch.Tensor, torch.Tensor] | None
 Gates = tuple[torch.Tensor, torch.Tensor]  # (i, f) per coordinate
