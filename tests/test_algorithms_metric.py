@@ -25,7 +25,7 @@ from metalab.inner_loop import InnerLoop
 from metalab.losses import CLASSIFICATION, REGRESSION
 from metalab.models import build_model
 from metalab.models.conv4 import Conv4
-from metalab.models.embedding import Embedding
+from metalab.models.embedding import without_head
 from metalab.models.mlp import MLP
 from reference import relative_error
 from test_meta_gradient import RandomImages, sample_batch
@@ -36,7 +36,7 @@ STRATEGIES = {"loop": LoopStrategy(), "vmap": VmapStrategy(chunk=2)}
 def embedding_case(ways: int = 3, shots: int = 2, queries: int = 2):
     """A float64 Conv-4 embedding (4 channels, batch norm) and 3 random-image tasks."""
     torch.manual_seed(0)
-    model = Embedding(Conv4(1, 3, image_size=16, channels=4), (1, 16, 16)).double()
+    model = without_head(Conv4(1, 3, image_size=16, channels=4), (1, 16, 16)).double()
     batch = sample_batch(NWayKShot(RandomImages(), ways, shots, queries), tasks=3)
     return model, batch.to("cpu", torch.float64)
 
@@ -175,7 +175,7 @@ def test_full_context_embeddings_follow_the_paper():
     """g = h_fwd + h_bwd + g' (checked with torch's bidirectional LSTM); the attention LSTM
     reads r = sum softmax(h . g) g and adds the query back, K times."""
     torch.manual_seed(2)
-    model = Embedding(MLP(6, 3, (5,)), (6,)).double()
+    model = without_head(MLP(6, 3, (5,)), (6,)).double()
     algorithm = MatchingNet(InnerLoop(model, CLASSIFICATION), fce=True, processing_steps=3)
     algorithm = algorithm.double()
     dim = model.out_features
@@ -231,7 +231,7 @@ def test_matching_with_fce_trains_its_lstms_under_every_strategy(strategy):
 
 def test_siamese_pair_head_is_a_weighted_l1_distance_with_a_sigmoid():
     torch.manual_seed(3)
-    model = Embedding(MLP(6, 3, (4,)), (6,)).double()
+    model = without_head(MLP(6, 3, (4,)), (6,)).double()
     algorithm = Siamese(InnerLoop(model, CLASSIFICATION)).double()
     a, b = torch.randn(2, 4).double(), torch.randn(3, 4).double()
     alpha, bias = algorithm.pair_head.weighted_l1.weight[0], algorithm.pair_head.weighted_l1.bias

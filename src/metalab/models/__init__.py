@@ -8,7 +8,7 @@ from torch import nn
 
 from metalab.errors import ConfigError
 from metalab.models.conv4 import Conv4
-from metalab.models.embedding import Embedding
+from metalab.models.embedding import without_head
 from metalab.models.koch import KochNet
 from metalab.models.mlp import MLP
 
@@ -17,9 +17,9 @@ def build_model(
     cfg: Any, in_shape: tuple[int, ...], out_features: int, head: bool = True
 ) -> nn.Module:
     """Build the model for inputs of ``in_shape`` (one example) and ``out_features`` outputs;
-    ``head=False``: the same backbone without its linear head (an ``Embedding``)."""
+    ``head=False``: the same backbone without its linear head (``without_head``)."""
     model = _build_with_head(cfg, in_shape, out_features)
-    return model if head else Embedding(model, tuple(in_shape))
+    return model if head else without_head(model, tuple(in_shape))
 
 
 def _build_with_head(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> nn.Module:

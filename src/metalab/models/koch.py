@@ -3,7 +3,7 @@
 Four convolutions (64@10x10, 128@7x7, 128@4x4, 256@4x4; ReLU; 2x2 max-pooling after the
 first three) and a 4096-unit sigmoid layer: 38,947,648 parameters, plus 4,097 in the
 Siamese pair head (``algorithms/siamese.py``) = 38,951,745, the paper's network. A linear
-head follows, as for every model here, so that an ``Embedding`` can leave it out.
+head follows, as for every model here, so that ``without_head`` can leave it out.
 """
 
 from __future__ import annotations
