@@ -43,10 +43,17 @@ from metalab.algorithms.fomaml import FOMAML
 from metalab.algorithms.maml import MAML
 from metalab.data.sinusoid import SinusoidTasks
 from metalab.data.tasks import TaskBatch
-from metalab.execution import AutoStrategy, LoopStrategy, VmapStrategy, build_strategy
+from metalab.execution import (
+    AutoStrategy,
+    HybridStrategy,
+    LoopStrategy,
+    VmapStrategy,
+    build_strategy,
+)
 from metalab.inner_loop import InnerLoop
 from metalab.losses import CLASSIFICATION, REGRESSION, TaskKind
 from metalab.models.conv4 import Conv4
+from metalab.models.layout import apply_memory_format, resolve_memory_format
 from metalab.models.mlp import MLP
 from metalab.models.norm import decomposed_batch_norm
 
@@ -106,18 +113,20 @@ WORKLOADS = {
 
 IMPLEMENTATIONS = {  # --strategies key -> label
     "textbook": "textbook loop (autograd.grad)",
+    "loop-nchw": "metalab loop, NCHW",
     "loop": "metalab loop",
     "vmap": "metalab vmap(chunk=all)",
     "vmap8": "metalab vmap(chunk=8)",
+    "hybrid": "metalab hybrid",
     "auto": "metalab auto",
     "loop-mvbn": "metalab loop, mean/var batch norm",  # not a default row: see NOTES.md
 }
-DEFAULT_IMPLEMENTATIONS = ("textbook", "loop", "vmap", "vmap8", "auto")
+DEFAULT_IMPLEMENTATIONS = ("textbook", "loop-nchw", "loop", "vmap", "hybrid", "auto")
 ALGORITHMS = {"maml": False, "fomaml": True}  # name -> first_order
 BASELINE = "textbook"
 
 Step = Callable[[], None]
-Strategy = LoopStrategy | VmapStrategy | AutoStrategy
+Strategy = LoopStrategy | VmapStrategy | HybridStrategy | AutoStrategy
 
 
 # --------------------------------------------------------------------------- workloads
@@ -209,15 +218,17 @@ def textbook_step(
     return step
 
 
-def metalab_strategy(implementation: str) -> Strategy:
-    if implementation in ("loop", "loop-mvbn"):
+def metalab_strategy(implementation: str, device: torch.device) -> Strategy:
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    if implementation in ("loop", "loop-nchw", "loop-mvbn"):
         return LoopStrategy()
     if implementation == "vmap":
         return VmapStrategy(None)
     if implementation == "vmap8":
         return VmapStrategy(8)
-    if implementation == "auto":
-        return build_strategy("auto", None)  # what `strategy: auto, vmap_chunk: null` builds
+    if implementation in ("hybrid", "auto"):
+        # what `strategy: hybrid|auto, vmap_chunk: null, vmap_memory_mib: null` builds
+        return build_strategy(implementation, None, None, accelerator)
     raise ValueError(f"not a metalab implementation: {implementation!r}")
 
 
@@ -374,7 +385,10 @@ def build_step(
         model = textbook_model(workload).to(device)
         return textbook_step(model, batch, workload, first_order), None
     model = metalab_model(workload).to(device)
-    strategy = metalab_strategy(implementation)
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    layout = "contiguous" if implementation == "loop-nchw" else "auto"
+    apply_memory_format(model, resolve_memory_format(layout, accelerator))  # as training does
+    strategy = metalab_strategy(implementation, device)
     decomposed = implementation == "loop-mvbn"
     return metalab_step(model, batch, workload, first_order, strategy, decomposed), strategy
 

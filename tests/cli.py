@@ -9,18 +9,30 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPTS = {"metalab-train": "metalab.train", "metalab-eval": "metalab.evaluate"}
+SCRIPTS = {
+    "metalab-train": "metalab.train",
+    "metalab-eval": "metalab.evaluate",
+    "metalab-compare": "metalab.compare.cli",
+}
+
+
+def cli_argv(command: str) -> list[str]:
+    """A console script found next to this Python, else the same module as ``python -m``."""
+    script = Path(sys.executable).with_name(command)
+    return [str(script)] if script.exists() else [sys.executable, "-m", SCRIPTS[command]]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    return dict(os.environ, WANDB_SILENT="true", HYDRA_FULL_ERROR="0", **extra)
 
 
 def run_cli(
     command: str, *args: str, cwd: Path, timeout: float = 1800
 ) -> subprocess.CompletedProcess:
     """Run a console script (found next to this Python, else as ``python -m``)."""
-    script = Path(sys.executable).with_name(command)
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", SCRIPTS[command]]
-    env = dict(os.environ, WANDB_SILENT="true", HYDRA_FULL_ERROR="0")
     return subprocess.run(
-        [*argv, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [*cli_argv(command), *args], cwd=cwd, env=cli_env(), capture_output=True, text=True,
+        timeout=timeout,
     )
 
 

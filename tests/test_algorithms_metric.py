@@ -503,6 +503,11 @@ PRESETS = {
         preprocess_p=10.0, grad_clip=0.25, lr=0.001, meta_batch=1,
     ),
     "metalstm_omniglot_20w1s": dict(name="metalstm", ways=20, test_ways=20, grad_clip=0.25),
+    # The paper's mini-ImageNet 5-way 1-shot: Conv-4 with 32 filters at 84x84, 12 updates.
+    "metalstm_miniimagenet_5w1s": dict(
+        name="metalstm", ways=5, shots=1, queries=15, inner_steps=12, grad_clip=0.25,
+        image_size=84, split="ravi",
+    ),
 }  # fmt: skip
 
 
@@ -514,6 +519,10 @@ def test_presets_carry_their_papers_settings(experiment):
     flat = {**cfg.algorithm, **cfg.dataset, **cfg.optimizer, "name": cfg.algorithm.name}
     for key, value in PRESETS[experiment].items():
         assert flat[key] == value, key
-    expected_model = "koch" if "koch" in experiment else "conv4"
-    assert cfg.model.name == expected_model and cfg.dataset.name == "omniglot"
+    if "miniimagenet" in experiment:
+        assert cfg.model.name == "conv4" and cfg.model.channels == 32
+        assert cfg.dataset.name == "miniimagenet"
+    else:
+        expected_model = "koch" if "koch" in experiment else "conv4"
+        assert cfg.model.name == expected_model and cfg.dataset.name == "omniglot"
     check_head(cfg)

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
-from cli import run_cli, wandb_summary
-from metalab.algorithms import build_algorithm
-from metalab.assembly import build_data, check_device, check_head, check_positive
+from cli import run_cli
+from metalab import algorithms
+from metalab.assembly import build_data
+from metalab.data import datamodule
 from metalab.errors import ConfigError, MetalabError
-from metalab.inner_loop import InnerLoop
-from metalab.losses import REGRESSION
-from metalab.models.mlp import MLP
 from metalab.paths import config_dir
+from metalab.preflight import OMNIGLOT_CHARACTERS, check_algorithm_keys, check_config
+from metalab.train import main as train_main
 
 
 def compose_train(*overrides: str):
@@ -25,17 +27,91 @@ def compose_train(*overrides: str):
         return compose("train", overrides=list(overrides))
 
 
-def test_unknown_group_option_lists_the_valid_ones(tmp_path):
+def metalab_train_in_process(monkeypatch, where: Path, *argv: str) -> str:
+    """Run metalab-train's entry point in this process; return the message it exits with."""
+    monkeypatch.chdir(where)
+    monkeypatch.setattr(sys, "argv", ["metalab-train", *argv])
+    try:
+        with pytest.raises(SystemExit) as stop:
+            train_main()
+    finally:
+        GlobalHydra.instance().clear()
+    return str(stop.value.code)
+
+
+def _no_data(*args, **kwargs):
+    raise AssertionError("a config check touched the data")
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def test_unknown_group_option_is_one_sentence_naming_the_valid_ones(tmp_path):
     out = run_cli("metalab-train", "algorithm=mamll", cwd=tmp_path)
-    assert out.returncode != 0
-    assert "Could not find 'algorithm/mamll'" in out.stderr
-    assert "fomaml" in out.stderr and "maml" in out.stderr
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "metalab: error: algorithm=mamll is not a known algorithm: did you mean maml? "
+        "choose one of fomaml, maml."
+    )
+    assert not (tmp_path / "outputs").exists()  # refused before Hydra made a run directory
 
 
-def test_unknown_key_is_refused(tmp_path):
-    out = run_cli("metalab-train", "algorithm.inner_lrr=0.1", cwd=tmp_path)
-    assert out.returncode != 0
-    assert "inner_lrr" in out.stderr and "not in struct" in out.stderr
+def test_unknown_key_suggests_the_closest_setting(tmp_path, monkeypatch):
+    message = metalab_train_in_process(monkeypatch, tmp_path, "algorithm.inner_lrr=0.1")
+    assert message.startswith("metalab: error: algorithm.inner_lrr is not a metalab setting")
+    assert "did you mean algorithm.inner_lr?" in message and "--cfg job" in message
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_unknown_key_of_the_chosen_group_option(tmp_path, monkeypatch):
+    message = metalab_train_in_process(monkeypatch, tmp_path, "dataset=omniglot", "dataset.way=5")
+    assert "dataset.way is not a metalab setting: did you mean dataset.ways?" in message
+
+
+def test_a_typo_in_one_sweep_value_stops_the_whole_sweep_at_once(tmp_path, monkeypatch):
+    message = metalab_train_in_process(monkeypatch, tmp_path, "-m", "algorithm=maml,fomal")
+    assert "algorithm=fomal is not a known algorithm: did you mean fomaml?" in message
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
+
+
+# --- run directories ------------------------------------------------------------------------
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path, monkeypatch):
+    """Refused before Hydra writes .hydra/: the earlier run's files stay byte for byte."""
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    earlier = {
+        "results.json": json.dumps({"status": "completed", "metrics": {"test/mse": 0.5}}),
+        ".hydra/config.yaml": "seed: 7\n",
+        ".hydra/overrides.yaml": "- seed=7\n",
+    }
+    for name, text in earlier.items():
+        (run_dir / name).write_text(text)
+    message = metalab_train_in_process(
+        monkeypatch, tmp_path, "trainer.max_steps=5", f"hydra.run.dir={run_dir}"
+    )
+    assert message == (
+        f"metalab: error: {run_dir} already holds a completed run and metalab never overwrites "
+        "one: choose a new hydra.run.dir (or leave it at its default), or add resume=true to run "
+        "it again with the earlier files moved to attempt-N/."
+    )
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == sorted(
+        [".hydra", *earlier]
+    )
+    for name, text in earlier.items():
+        assert (run_dir / name).read_text() == text
+
+
+def test_resume_of_a_completed_run_is_refused(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text('{"status": "completed"}')
+    message = metalab_train_in_process(
+        monkeypatch, tmp_path, "resume=true", f"hydra.run.dir={run_dir}"
+    )
+    assert "already holds a completed run, so resume=true has nothing to do" in message
+    assert [p.name for p in run_dir.iterdir()] == ["results.json"]
 
 
 def test_missing_dataset_root_names_the_path_and_the_fix(tmp_path):
@@ -52,64 +128,81 @@ def test_missing_dataset_root_names_the_path_and_the_fix(tmp_path):
     assert "metalab: error:" in out.stderr and str(missing) in out.stderr
     assert "dataset.root" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "failed" and str(missing) in results["error"]
 
 
-def test_existing_run_directory_is_never_overwritten(tmp_path):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    earlier = {"status": "completed", "metrics": {"test/mse": 0.5}}
-    (run_dir / "results.json").write_text(json.dumps(earlier))
-    out = run_cli("metalab-train", "trainer.max_steps=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert out.returncode != 0
-    assert "already holds a run" in out.stderr and "hydra.run.dir" in out.stderr
-    assert json.loads((run_dir / "results.json").read_text()) == earlier
-    assert not (run_dir / "checkpoints").exists()
-
-
-@pytest.mark.parametrize(
-    "override, key",
-    [
-        ("algorithm.meta_batch=0", "algorithm.meta_batch"),
-        ("trainer.max_steps=-1", "trainer.max_steps"),
-        ("eval.tasks=0", "eval.tasks"),
-        ("val.tasks=0", "val.tasks"),
-    ],
-)
-def test_non_positive_counts_are_refused(override, key):
-    with pytest.raises(ConfigError, match=key):
-        check_positive(compose_train(override))
+# --- values that cannot work ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("algorithm.inner_lr=0", "algorithm.inner_lr=0"),
-        ("algorithm.eval_inner_lr=-0.1", "must be positive"),
-        ("algorithm.inner_steps=0", "algorithm.inner_steps=0"),
+        ("algorithm.meta_batch=0", "algorithm.meta_batch=0: it must be a positive number"),
+        ("trainer.max_steps=-1", "trainer.max_steps=-1: it must be a positive number"),
+        ("eval.tasks=0", "eval.tasks=0: it must be a positive number"),
+        ("val.tasks=0", "val.tasks=0: it must be a positive number"),
+        ("optimizer.lr=0", "optimizer.lr=0: a learning rate must be positive"),
+        ("algorithm.inner_lr=-0.1", "algorithm.inner_lr=-0.1: a learning rate must be positive"),
+        ("algorithm.eval_inner_lr=0", "algorithm.eval_inner_lr=0: a learning rate must be"),
+        ("algorithm.inner_steps=0", "algorithm.inner_steps=0: set it to at least 1 step"),
+        ("algorithm.eval_inner_steps=-2", "algorithm.eval_inner_steps=-2: set it to at least 1"),
     ],
 )
-def test_bad_inner_loop_settings_are_refused(override, message):
-    cfg = compose_train(override)
-    with pytest.raises(ConfigError, match=message):
-        build_algorithm(cfg.algorithm, InnerLoop(MLP(1, 1), REGRESSION))
+def test_non_positive_settings_are_refused_before_any_data(override, message, monkeypatch):
+    monkeypatch.setattr(datamodule, "build_sources", _no_data)
+    with pytest.raises(ConfigError) as error:
+        check_config(compose_train(override))
+    assert str(error.value).startswith(message)
 
 
 def test_first_order_false_with_fomaml_points_to_maml():
     cfg = compose_train("algorithm=fomaml", "algorithm.first_order=false")
     with pytest.raises(ConfigError, match="use algorithm=maml"):
-        build_algorithm(cfg.algorithm, InnerLoop(MLP(1, 1), REGRESSION))
+        check_config(cfg)
 
 
-def test_test_ways_different_from_training_ways_with_a_fixed_head():
+class _NoSecondOrder:
+    """An algorithm with no first_order notion (as Reptile): its constructor has no such key."""
+
+    def __init__(self, inner_loop, inner_steps, inner_lr, eval_inner_steps, eval_inner_lr):
+        pass
+
+
+class _Declared(_NoSecondOrder):
+    config_keys = ("inner_steps", "inner_lr", "eval_inner_steps", "eval_inner_lr", "first_order")
+
+
+def test_first_order_with_an_algorithm_that_has_no_such_notion(monkeypatch):
+    monkeypatch.setitem(algorithms.ALGORITHMS, "noorder", _NoSecondOrder)
+    cfg = compose_train("algorithm.first_order=true")
+    cfg.algorithm.name = "noorder"
+    with pytest.raises(ConfigError) as error:
+        check_algorithm_keys(cfg)
+    assert str(error.value) == (
+        "algorithm=noorder has no notion of algorithm.first_order (set to True): remove the "
+        "override, or choose an algorithm that has it (fomaml, maml)."
+    )
+    cfg.algorithm.first_order = False  # an inherited default of false is not an error
+    check_algorithm_keys(cfg)
+    monkeypatch.setitem(algorithms.ALGORITHMS, "noorder", _Declared)
+    cfg.algorithm.first_order = True  # a class that declares its keys is taken at its word
+    check_algorithm_keys(cfg)
+
+
+def test_test_ways_different_from_training_ways_with_a_fixed_head(monkeypatch):
+    monkeypatch.setattr(datamodule, "build_sources", _no_data)
     cfg = compose_train("dataset=omniglot", "model=conv4", "dataset.test_ways=20")
     with pytest.raises(ConfigError, match="test_ways=20 differs from dataset.ways=5"):
-        check_head(cfg)
+        check_config(cfg)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_gpu_trainer_without_a_gpu_says_use_cpu():
-    with pytest.raises(ConfigError, match="use trainer=cpu"):
-        check_device(compose_train("trainer=gpu"))
+    with pytest.raises(ConfigError) as error:
+        check_config(compose_train("trainer=gpu"))
+    assert str(error.value).startswith("trainer=gpu but no CUDA GPU is visible to torch")
+    assert str(error.value).endswith("use trainer=cpu, or install a CUDA build of torch.")
 
 
 def test_sinusoid_without_support_points_is_refused():
@@ -117,9 +210,43 @@ def test_sinusoid_without_support_points_is_refused():
         build_data(compose_train("dataset.shots=0"))
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "dataset.ways=5000",
+            "dataset.ways=5000 but the vinyals train split has only 4112 classes: set "
+            "dataset.ways to at most 4112.",
+        ),
+        ("dataset.test_ways=700", "dataset.test_ways=700 but the vinyals val split has only 688"),
+        (
+            "dataset.queries=20",
+            "dataset.shots + dataset.queries = 1 + 20 = 21 but each Omniglot character has only "
+            "20 drawings: lower them so that they sum to at most 20.",
+        ),
+        ("dataset.test_shots=15", "dataset.test_shots + dataset.test_queries = 15 + 15 = 30"),
+    ],
+)
+def test_episodes_larger_than_the_split_are_refused_before_decoding(override, message, monkeypatch):
+    monkeypatch.setattr(datamodule, "build_sources", _no_data)
+    cfg = compose_train("dataset=omniglot", "model=conv4", override)
+    if "test_ways" in override:
+        cfg.dataset.ways = cfg.dataset.test_ways  # the fixed head needs equal ways
+    with pytest.raises(ConfigError) as error:
+        check_config(cfg)
+    assert str(error.value).startswith(message)
+
+
 needs_data = pytest.mark.skipif(
     "METALAB_DATA" not in os.environ, reason="set METALAB_DATA to run the real-data checks"
 )
+
+
+@needs_data
+def test_the_split_sizes_checked_before_decoding_match_the_split_files():
+    root = Path(os.environ["METALAB_DATA"]) / "omniglot" / "splits_vinyals"
+    lines = [len((root / f"{p}.txt").read_text().split()) for p in ("train", "val", "test")]
+    assert lines == [4 * n for n in OMNIGLOT_CHARACTERS["vinyals"]]
 
 
 @needs_data
@@ -135,21 +262,3 @@ def test_episodes_larger_than_the_split_allows(override, message):
     cfg = compose_train("dataset=omniglot", "model=conv4", f"dataset.root={root}", override)
     with pytest.raises(MetalabError, match=message):
         build_data(cfg)
-
-
-def test_diverging_run_stops_with_the_step_and_closes_the_wandb_run(tmp_path):
-    run_dir = tmp_path / "run"
-    out = run_cli(
-        "metalab-train",
-        "optimizer.lr=1e30",
-        "trainer.max_steps=50",
-        "strategy=loop",
-        f"hydra.run.dir={run_dir}",
-        cwd=tmp_path,
-    )
-    assert out.returncode != 0
-    assert "the meta-training loss is" in out.stderr and "at step" in out.stderr
-    assert "learning rate" in out.stderr and "Traceback" not in out.stderr
-    assert not (run_dir / "results.json").exists()
-    summary = wandb_summary(run_dir)
-    assert summary["state"] != "running" and summary["exit_code"] == 1

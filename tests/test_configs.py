@@ -26,8 +26,8 @@ def test_groups_hold_the_documented_options():
         "anil", "fomaml", "maml", "mamlpp", "matchingnet", "metalstm", "metasgd", "protonet",
         "reptile", "siamese",
     ]  # fmt: skip
-    assert options("dataset") == ["omniglot", "sinusoid"]
-    assert options("model") == ["conv4", "koch", "mlp"]
+    assert options("dataset") == ["cifar_fs", "fc100", "miniimagenet", "omniglot", "sinusoid"]
+    assert options("model") == ["conv4", "conv4_32", "koch", "mlp", "resnet12"]
     assert options("trainer") == ["cpu", "gpu"]
     assert options("logger") == ["csv", "none", "wandb"]
     assert options("experiment") == [
@@ -42,6 +42,7 @@ def test_groups_hold_the_documented_options():
         "mamlpp_omniglot_5w1s",
         "matchingnet_omniglot_20w1s",
         "matchingnet_omniglot_5w1s",
+        "metalstm_miniimagenet_5w1s",
         "metalstm_omniglot_20w1s",
         "metalstm_omniglot_5w1s",
         "metasgd_omniglot_20w1s",

@@ -11,16 +11,24 @@ from metalab.algorithms.maml import MAML
 from metalab.data.episodes import NWayKShot
 from metalab.data.sinusoid import SinusoidTasks
 from metalab.data.tasks import TaskBatch
-from metalab.execution import AutoStrategy, LoopStrategy, VmapStrategy
+from metalab.errors import ConfigError
+from metalab.execution import AutoStrategy, HybridStrategy, LoopStrategy, VmapStrategy
 from metalab.inner_loop import InnerLoop
 from metalab.losses import CLASSIFICATION, REGRESSION
 from metalab.models.conv4 import Conv4
+from metalab.models.layout import apply_memory_format
 from metalab.models.mlp import MLP
+from metalab.models.norm import BatchStatNorm
 from reference import conv4_forward, maml_meta_gradient, mlp_forward, relative_error
+
+CL = torch.channels_last
 
 STRATEGIES = {
     "loop": LoopStrategy,
     "vmap": lambda: VmapStrategy(chunk=2),
+    "vmap-sized": lambda: VmapStrategy(chunk=None, memory_budget_mib=1e-6),
+    "hybrid": lambda: HybridStrategy(memory_budget_mib=1e9),
+    "hybrid-chunked": lambda: HybridStrategy(memory_budget_mib=1e-6),
     "auto": lambda: AutoStrategy(
         [LoopStrategy(), VmapStrategy(chunk=3)], min_repeats=1, max_repeats=1
     ),
@@ -60,7 +68,18 @@ def conv_case(norm: str = "batch"):
     return model, forward, CLASSIFICATION, batch, 0.4
 
 
-CASES = {"mlp": mlp_case, "conv4-batchnorm": conv_case, "conv4-nonorm": lambda: conv_case("none")}
+def channels_last_case():
+    model, *rest = conv_case()
+    assert apply_memory_format(model, "channels_last")
+    return model, *rest
+
+
+CASES = {
+    "mlp": mlp_case,
+    "conv4-batchnorm": conv_case,
+    "conv4-nonorm": lambda: conv_case("none"),
+    "conv4-channels-last": channels_last_case,
+}
 
 
 def metalab_meta_gradient(model, kind, batch, strategy, steps, lr, first_order):
@@ -82,9 +101,8 @@ def metalab_meta_gradient(model, kind, batch, strategy, steps, lr, first_order):
 def test_meta_gradient_matches_reference(case, strategy, steps, first_order):
     model, forward, kind, batch, lr = CASES[case]()
     ours = metalab_meta_gradient(model, kind, batch, STRATEGIES[strategy](), steps, lr, first_order)
-    reference = maml_meta_gradient(
-        forward, list(model.parameters()), batch, kind.loss, steps, lr, first_order
-    )
+    plain = [p.detach().contiguous().requires_grad_() for p in model.parameters()]
+    reference = maml_meta_gradient(forward, plain, batch, kind.loss, steps, lr, first_order)
     assert relative_error(ours, reference) < 1e-8
 
 
@@ -97,7 +115,7 @@ def test_first_order_differs_from_second_order(case):
 
 
 def test_decomposed_batch_norm_equals_native_batch_norm():
-    from metalab.models.norm import BatchStatNorm, decomposed_batch_norm
+    from metalab.models.norm import decomposed_batch_norm
 
     norm = BatchStatNorm(3).double()
     with torch.no_grad():
@@ -127,8 +145,72 @@ class SleepyLoop(LoopStrategy):
 @pytest.mark.parametrize("slow_first", [True, False])
 def test_auto_keeps_the_candidate_it_measured_fastest(slow_first):
     model, _, kind, batch, lr = mlp_case()
-    slow, fast = SleepyLoop(0.05, "slow"), SleepyLoop(0.0, "fast")
+    slow, fast = SleepyLoop(0.3, "slow"), SleepyLoop(0.0, "fast")
     auto = AutoStrategy([slow, fast] if slow_first else [fast, slow], min_seconds=0.0)
     metalab_meta_gradient(model, kind, batch, auto, 1, lr, False)
     assert auto.chosen is fast and auto.name == "auto -> fast"
     assert set(auto.timings) == {"slow", "fast"}
+
+
+def test_channels_last_reaches_every_norm_and_pool():
+    """The layout switch must hold past the one-channel first convolution."""
+    model, *_ = conv_case()
+    apply_memory_format(model, "channels_last")
+    seen = []
+    for module in model.modules():
+        if isinstance(module, (BatchStatNorm, torch.nn.MaxPool2d)):
+            module.register_forward_hook(
+                lambda m, inputs, out: seen.append(inputs[0].is_contiguous(memory_format=CL))
+            )
+    model(torch.rand(4, 1, 16, 16, dtype=torch.float64))
+    assert seen == [True] * 8
+
+
+def test_vmap_chunk_is_sized_to_its_memory_budget():
+    model, _, kind, batch, lr = conv_case()
+    algorithm = MAML(InnerLoop(model, kind), 1, lr, 1, lr)
+    params = dict(model.named_parameters())
+    roomy = VmapStrategy(chunk=None, memory_budget_mib=1e9)
+    tight = VmapStrategy(chunk=None, memory_budget_mib=1e-6)
+    assert roomy.size_chunk(algorithm.meta_objective, params, batch) == len(batch)
+    assert tight.size_chunk(algorithm.meta_objective, params, batch) == 1
+    assert roomy.task_mib is not None and roomy.task_mib >= 0
+
+
+def test_auto_skips_a_vmap_that_fits_one_task_per_chunk():
+    model, _, kind, batch, lr = conv_case()
+    loop, tight = LoopStrategy(), VmapStrategy(chunk=None, memory_budget_mib=1e-6)
+    auto = AutoStrategy([loop, tight], min_repeats=1, max_repeats=1)
+    metalab_meta_gradient(model, kind, batch, auto, 1, lr, False)
+    assert auto.chosen is loop and set(auto.timings) == {"loop"}
+
+
+def test_hybrid_refuses_an_objective_that_is_not_adapt_then_score():
+    """An algorithm that overrides meta_objective (MAML++'s multi-step loss) is opaque."""
+
+    class MultiStep(MAML):
+        def meta_objective(self, params, support_x, support_y, query_x, query_y):
+            return super().meta_objective(params, support_x, support_y, query_x, query_y)
+
+    model, _, kind, batch, lr = mlp_case()
+    algorithm = MultiStep(InnerLoop(model, kind), 1, lr, 1, lr)
+    params = dict(model.named_parameters())
+    with pytest.raises(ConfigError, match="strategy=hybrid needs an algorithm"):
+        HybridStrategy().meta_gradient(algorithm.meta_objective, params, batch, lambda _: None)
+    auto = AutoStrategy([LoopStrategy(), HybridStrategy()], min_repeats=1, max_repeats=1)
+    auto.meta_gradient(algorithm.meta_objective, params, batch, lambda loss: loss.backward())
+    assert auto.chosen.name == "loop" and set(auto.timings) == {"loop"}
+
+
+class Refusing(LoopStrategy):
+    name = "refusing"
+
+    def meta_gradient(self, *args):
+        raise RuntimeError("vmap: called random operation while in randomness error mode")
+
+
+def test_auto_passes_over_a_candidate_that_cannot_run_the_model():
+    model, _, kind, batch, lr = mlp_case()
+    auto = AutoStrategy([LoopStrategy(), Refusing()], min_repeats=1, max_repeats=1)
+    metalab_meta_gradient(model, kind, batch, auto, 1, lr, False)
+    assert auto.chosen.name == "loop" and set(auto.timings) == {"loop"}

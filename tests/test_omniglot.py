@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from metalab.data import omniglot
+from metalab.data import cache, download, omniglot
 from metalab.data.episodes import NWayKShot
 from metalab.data.omniglot import OmniglotClasses, load_omniglot
 from metalab.errors import ConfigError, DataError
@@ -275,8 +275,13 @@ def test_a_file_that_is_not_a_zip_is_named(tmp_path: Path, damage: str) -> None:
     path = root / "images_evaluation.zip"
     data = path.read_bytes()
     path.write_bytes(b"<html>not found</html>" if damage == "garbage" else data[: len(data) // 2])
-    with pytest.raises(DataError, match="images_evaluation.zip is not a readable zip"):
+    before = {p.name: p.read_bytes() for p in root.glob("*.zip")}
+    with pytest.raises(DataError) as caught:
         load(root, tmp_path)
+    message = str(caught.value)
+    assert "images_evaluation.zip is not a readable zip" in message
+    assert "dataset.download=true" in message and "dataset.root" in message
+    assert {p.name: p.read_bytes() for p in root.glob("*.zip")} == before  # nothing touched
 
 
 @pytest.mark.usefixtures("tiny")
@@ -298,9 +303,10 @@ def test_a_corrupt_entry_is_named(tmp_path: Path) -> None:
 def test_zip_slip_entries_are_refused(tmp_path: Path, entry: str) -> None:
     root = make_root(tmp_path)
     write_zip(root / "images_background.zip", {**tiny_files("images_background"), entry: b"x"})
-    with pytest.raises(DataError, match="points outside") as caught:
+    with pytest.raises(DataError, match="points outside .* so it is refused") as caught:
         load(root, tmp_path)
-    assert entry in str(caught.value)
+    assert entry in str(caught.value) and "dataset.download=true" in str(caught.value)
+    assert not list(tmp_path.rglob("evil.png"))  # nothing was written anywhere
 
 
 BAD_ENTRY = "images_background/Alpha/character01/0001_05.png"
@@ -389,7 +395,7 @@ def test_a_corrupt_cache_is_rebuilt_with_a_warning(
     root = make_root(tmp_path)
     expected = load(root, tmp_path)["train"].images.clone()
     for path in cache_files(tmp_path / "cache"):
-        if damage == "tampered":  # a loadable file whose tensor no longer matches its sha256
+        if damage == "tampered":  # a loadable file whose tensor no longer matches its hash
             blob = torch.load(path, weights_only=True)
             blob["images"][0, 0, 0, 0] += 1
             torch.save(blob, path)
@@ -401,7 +407,7 @@ def test_a_corrupt_cache_is_rebuilt_with_a_warning(
     assert torch.equal(again, expected)
     assert "rebuilding" in caplog.text
     for path in cache_files(tmp_path / "cache"):  # rewritten intact
-        assert torch.load(path, weights_only=True)["sha256"] == omniglot._tensor_sha256(
+        assert torch.load(path, weights_only=True)["content_hash"] == cache.tensor_hash(
             torch.load(path, weights_only=True)["images"]
         )
 
@@ -421,10 +427,25 @@ def test_a_changed_source_is_not_served_from_a_stale_cache(tmp_path: Path) -> No
 def test_an_unwritable_cache_only_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with caplog.at_level(logging.WARNING, logger="metalab.data.omniglot"):
+    with caplog.at_level(logging.WARNING):
         pools = load_omniglot(make_root(tmp_path), cache_dir=blocker / "cache")
     assert pools["train"].num_classes == 8
+    assert f"Could not write the Omniglot cache in {blocker / 'cache'}" in caplog.text
     assert "METALAB_CACHE" in caplog.text
+    assert len(cache_files(tmp_path / "env-cache")) == 2  # written to the writable fallback
+
+
+@pytest.mark.usefixtures("tiny")
+def test_with_no_writable_cache_folder_the_data_still_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("METALAB_CACHE", str(blocker / "env"))
+    monkeypatch.setattr(cache.tempfile, "gettempdir", lambda: str(blocker / "tmp"))
+    with caplog.at_level(logging.WARNING):
+        pools = load_omniglot(make_root(tmp_path), cache_dir=blocker / "cache")
+    assert pools["test"].num_classes == 8 and "it stays uncached" in caplog.text
 
 
 @pytest.mark.usefixtures("tiny")
@@ -476,7 +497,7 @@ def test_download_fetches_what_is_missing_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     net = FakeNet(official_files(tmp_path, monkeypatch))
-    monkeypatch.setattr(omniglot, "_fetch", net)
+    monkeypatch.setattr(download, "fetch", net)
     root = tmp_path / "data" / "omniglot"
     pools = load(root, tmp_path, download=True)
     assert pools["train"].num_classes == 8
@@ -495,7 +516,7 @@ def test_download_accepts_a_complete_local_copy_with_another_md5(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     net = FakeNet({})
-    monkeypatch.setattr(omniglot, "_fetch", net)
+    monkeypatch.setattr(download, "fetch", net)
     pools = load(make_root(tmp_path), tmp_path, download=True)  # md5s are not the upstream ones
     assert pools["val"].num_classes == 4 and net.requests == []
 
@@ -504,7 +525,7 @@ def test_download_accepts_a_complete_local_copy_with_another_md5(
 def test_download_with_wrong_md5_deletes_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(omniglot, "_fetch", lambda url, dest: dest.write_bytes(b"junk"))
+    monkeypatch.setattr(download, "fetch", lambda url, dest: dest.write_bytes(b"junk"))
     root = tmp_path / "omniglot"
     with pytest.raises(DataError, match=r"md5 .* so it was deleted.*dataset.download=true"):
         load(root, tmp_path, download=True)
@@ -512,11 +533,29 @@ def test_download_with_wrong_md5_deletes_the_file(
 
 
 @pytest.mark.usefixtures("tiny")
+def test_a_bad_download_leaves_the_earlier_local_copy_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(download, "fetch", lambda url, dest: dest.write_bytes(b"junk"))
+
+    def drop(archive: str, files: Files) -> None:
+        for name in [n for n in files if "/Gamma/" in n]:
+            del files[name]
+
+    root = make_root(tmp_path, drop)
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    with pytest.raises(DataError, match=r"images_evaluation.zip has md5 .* so it was deleted"):
+        load(root, tmp_path, download=True)
+    after = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert after == before
+
+
+@pytest.mark.usefixtures("tiny")
 def test_download_replaces_a_partial_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     net = FakeNet(official_files(tmp_path, monkeypatch))
-    monkeypatch.setattr(omniglot, "_fetch", net)
+    monkeypatch.setattr(download, "fetch", net)
 
     def drop(archive: str, files: Files) -> None:
         for name in [n for n in files if "/Gamma/" in n]:
@@ -530,7 +569,7 @@ def test_download_replaces_a_partial_copy(
 
 @pytest.mark.usefixtures("tiny")
 def test_download_failure_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(omniglot, "_fetch", FakeNet({}))
+    monkeypatch.setattr(download, "fetch", FakeNet({}))
     root = tmp_path / "omniglot"
     with pytest.raises(DataError, match="Could not download .*images_background.zip.*by hand"):
         load(root, tmp_path, download=True)

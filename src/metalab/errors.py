@@ -11,3 +11,17 @@ class ConfigError(MetalabError):
 
 class DataError(MetalabError):
     """A data set that is missing, incomplete or corrupt."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM stopped a run; not a failure: ``resume=true`` continues it."""
+
+    def __init__(self, signal: str, step: int | None = None, checkpoint: str | None = None):
+        self.signal, self.step, self.checkpoint = signal, step, checkpoint
+        where = f" at step {step}" if step is not None else ""
+        kept = f", checkpoint {checkpoint} written" if checkpoint else ""
+        super().__init__(
+            f"interrupted by {signal}{where}{kept}; results.json says interrupted: re-run the "
+            "same command with resume=true (and the same hydra.run.dir or hydra.sweep.dir) "
+            "to continue."
+        )

@@ -8,46 +8,30 @@ steps and learning rate can be changed from the command line, and the result goe
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-import torch
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import metalab
 from metalab.assembly import build_data, build_module, check_head, protocol
+from metalab.checkpoints import checkpoint_config, load_checkpoint, load_weights
 from metalab.errors import ConfigError, MetalabError
 from metalab.paths import config_dir
+from metalab.preflight import check_episode_sizes, check_overrides
 from metalab.report import print_test_summary
 from metalab.results import git_commit, write_json
 
 log = logging.getLogger("metalab")
 
 
-def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint as data only (``weights_only=True``: no code runs from the file)."""
-    ckpt_file = Path(path).expanduser()
-    if not ckpt_file.is_file():
-        raise ConfigError(f"ckpt_path={path} does not exist: pass the path of a .ckpt file.")
-    try:
-        return torch.load(ckpt_file, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same answer
-        raise ConfigError(
-            f"ckpt_path={path} is not a readable metalab checkpoint ({error.__class__.__name__}): "
-            "pass a checkpoint written by metalab-train."
-        ) from error
-
-
 def training_config(ckpt: dict, overrides: DictConfig) -> DictConfig:
     """The training run's config with the test-time protocol overrides applied."""
-    try:
-        cfg = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
-    except KeyError:
-        raise ConfigError(
-            "this checkpoint holds no metalab config: pass a checkpoint written by metalab-train."
-        ) from None
+    cfg = OmegaConf.create(checkpoint_config(ckpt, overrides.ckpt_path))
     dataset, algorithm = cfg.dataset, cfg.algorithm
     for key, value in {
         "test_ways": overrides.ways,
@@ -73,9 +57,10 @@ def evaluate(overrides: DictConfig) -> dict:
     ckpt = load_checkpoint(overrides.ckpt_path)
     cfg = training_config(ckpt, overrides)
     check_head(cfg)
+    check_episode_sizes(cfg)
     data, in_shape, out_features = build_data(cfg)
     module = build_module(cfg, in_shape, out_features)
-    module.load_state_dict(ckpt["state_dict"])
+    load_weights(module, ckpt, overrides.ckpt_path)
     loader = data.test_dataloader() if overrides.split == "test" else data.val_dataloader()
     if overrides.split == "val":
         data.val_episodes.num_tasks = int(overrides.tasks)
@@ -109,13 +94,25 @@ def evaluate(overrides: DictConfig) -> dict:
 
 
 @hydra.main(config_path=config_dir(), config_name="eval", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     try:
         results = evaluate(cfg)
         return next(iter(results["metrics"].values()))["mean"]
     except MetalabError as error:
         log.error("%s", error)
         raise SystemExit(f"metalab: error: {error}") from None
+
+
+def main() -> None:
+    """``metalab-eval``: check the command line's keys, then run Hydra."""
+    try:
+        args = get_args_parser().parse_args(sys.argv[1:])
+        check_overrides(list(args.overrides), args.config_name or "eval")
+    except ConfigError as error:
+        raise SystemExit(f"metalab: error: {error}") from None
+    except SystemExit:
+        pass  # argparse's own message and exit are Hydra's to give
+    hydra_main()
 
 
 if __name__ == "__main__":

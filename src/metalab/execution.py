@@ -1,16 +1,24 @@
-"""How the tasks of a meta-batch are run: one after another, or vectorised with vmap.
+"""How the tasks of a meta-batch are run: one after another, vectorised, or split.
 
 A strategy takes a pure per-task function ``fn(params, support_x, support_y, query_x,
-query_y)`` and runs it over a ``TaskBatch``. ``meta_gradient`` also back-propagates the
-mean of the per-task losses into ``params`` (through ``backward``, so Lightning's
-``manual_backward`` and DDP see every call). ``auto`` times the candidates on the first
-batch it sees and keeps the fastest: on a CPU a vmap over many tasks is often slower and
-always larger than a loop, on a GPU the reverse, so only a measurement can tell.
+query_y)`` (an algorithm's bound ``meta_objective``) and runs it over a ``TaskBatch``.
+``meta_gradient`` also back-propagates the mean of the per-task losses into ``params``
+(through ``backward``, so Lightning's ``manual_backward`` and DDP see every call).
+
+- ``loop``: one task after another; the smallest memory.
+- ``vmap``: ``torch.func.vmap`` over chunks of tasks.
+- ``hybrid``: for algorithms whose objective is "adapt on the support set, then score the
+  query set once" (``metalab.objectives.AdaptThenScore``): the inner loops of all tasks
+  run as one vmap, the large query passes one task at a time with native kernels, and one
+  backward through the vectorised inner loops finishes the meta-gradient.
+- ``auto``: times the candidates on the first batch and keeps the fastest; which one wins
+  depends on the model, the workload and the device, so only a measurement can tell.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -18,9 +26,11 @@ import torch
 from torch.func import vmap
 
 from metalab.data.tasks import TaskBatch
+from metalab.distributed import agree_mean, agree_min
 from metalab.errors import ConfigError
 from metalab.inner_loop import Params
-from metalab.models.norm import decomposed_batch_norm
+from metalab.models.vectorised import vectorised
+from metalab.objectives import AdaptThenScore, split_objective
 
 log = logging.getLogger(__name__)
 
@@ -54,37 +64,184 @@ class LoopStrategy:
 
 
 class VmapStrategy:
-    """``torch.func.vmap`` over chunks of ``chunk`` tasks (None: all); one backward per chunk."""
+    """``torch.func.vmap`` over chunks of tasks; one backward per chunk.
 
-    def __init__(self, chunk: int | None = None) -> None:
+    ``chunk`` tasks per call; with ``chunk=None`` and a ``memory_budget_mib``, the chunk is
+    sized on the first batch from the memory one vmapped task keeps alive, so that a chunk's
+    graph stays within the budget (a vmap over a whole Conv-4 meta-batch takes ~9x the loop's
+    memory); with neither, the whole meta-batch is one call.
+    """
+
+    def __init__(self, chunk: int | None = None, memory_budget_mib: float | None = None) -> None:
         if chunk is not None and chunk < 1:
-            raise ConfigError(f"vmap_chunk={chunk}: set it to at least 1 task, or null for all.")
-        self.chunk = chunk
-        self.name = f"vmap(chunk={chunk or 'all'})"
+            raise ConfigError(f"vmap_chunk={chunk}: set it to at least 1 task, or null for auto.")
+        if memory_budget_mib is not None and not memory_budget_mib > 0:
+            raise ConfigError(
+                f"vmap_memory_mib={memory_budget_mib}: it must be positive, or null for the "
+                "device's default."
+            )
+        self.chunk, self.memory_budget_mib = chunk, memory_budget_mib
+        self.task_mib: float | None = None
 
-    def _chunks(self, batch: TaskBatch):
-        size = self.chunk or len(batch)
+    @property
+    def name(self) -> str:
+        if self.chunk is None and self.memory_budget_mib is not None:
+            return f"vmap(chunk=auto, {self.memory_budget_mib:.0f} MiB)"
+        return f"vmap(chunk={self.chunk or 'all'})"
+
+    def size_chunk(self, fn: TaskFn, params: Params, batch: TaskBatch) -> int:
+        """The chunk for this batch: configured, or what fits the memory budget."""
+        if self.chunk is None and self.memory_budget_mib is not None:
+            one = _task_args(batch.slice(0, 1))
+            self.chunk, self.task_mib = fit_chunk(
+                self.memory_budget_mib,
+                lambda: self._run(fn, params, one),
+                batch.support_x.device,
+                len(batch),
+            )
+            log.info("vmap: %d tasks per call (%.1f MiB per task)", self.chunk, self.task_mib)
+        return self.chunk or len(batch)
+
+    @staticmethod
+    def _run(fn: TaskFn, params: Params, args) -> object:
+        with vectorised():
+            return vmap(fn, in_dims=(None, 0, 0, 0, 0))(params, *args)
+
+    def _chunks(self, batch: TaskBatch, size: int):
         for start in range(0, len(batch), size):
             yield _task_args(batch.slice(start, start + size))
 
     def meta_gradient(
         self, fn: TaskFn, params: Params, batch: TaskBatch, backward: Backward
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        batched = vmap(fn, in_dims=(None, 0, 0, 0, 0))
+        size = self.size_chunk(fn, params, batch)
         losses, metrics = [], []
-        for args in self._chunks(batch):
-            with decomposed_batch_norm():
-                loss, metric = batched(params, *args)
+        for args in self._chunks(batch, size):
+            loss, metric = self._run(fn, params, args)
             backward(loss.sum() / len(batch))
             losses.append(loss.detach())
             metrics.append(metric.detach())
         return torch.cat(losses), torch.cat(metrics)
 
     def map(self, fn: TaskFn, params: Params, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        batched = vmap(fn, in_dims=(None, 0, 0, 0, 0))
-        with decomposed_batch_norm():
-            outputs = [batched(params, *args) for args in self._chunks(batch)]
+        size = self.chunk or len(batch)
+        outputs = [self._run(fn, params, args) for args in self._chunks(batch, size)]
         return {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
+
+
+def _resident_mib() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: no cheap reading, so no memory bound from it
+        return 0.0
+
+
+def fit_chunk(
+    budget_mib: float, run_one_task: Callable[[], object], device: torch.device, tasks: int
+) -> tuple[int, float]:
+    """How many tasks per vectorised call fit ``budget_mib``, from one task's graph memory.
+
+    Under DDP all ranks take the smallest rank's answer, so that they run the same number of
+    backward passes (each one is an all-reduce).
+    """
+    task_mib = graph_memory_mib(run_one_task, device)
+    chunk = max(1, min(tasks, int(budget_mib // max(task_mib, 1e-3))))
+    return agree_min(chunk), task_mib
+
+
+def graph_memory_mib(run: Callable[[], object], device: torch.device) -> float:
+    """Memory that ``run``'s result (with its autograd graph) keeps alive, in MiB.
+
+    CUDA: the allocator's count. CPU: the growth of the resident set while the result is
+    alive (large tensors are mmapped and returned on free, so this tracks the graph).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        result = run()
+        torch.cuda.synchronize(device)
+        grown = (torch.cuda.memory_allocated(device) - before) / 2**20
+    else:
+        before = _resident_mib()
+        result = run()
+        grown = _resident_mib() - before
+    del result
+    return max(grown, 0.0)
+
+
+class HybridStrategy:
+    """Inner loops vectorised over tasks, query passes per task, one backward to finish.
+
+    Why: the inner loop works on the small support sets, where a per-task loop is dominated
+    by per-operation overhead (and second order doubles it), so one vmap over all tasks is
+    cheap; the query sets are 15x larger, where native per-task kernels (channels-last,
+    native batch norm) beat vmap's batched ones and one task's graph at a time keeps memory
+    at the loop's. By the chain rule the meta-gradient is ``sum_i v_i . d(phi_i)/d(theta)``
+    with ``v_i`` the query-loss gradient at task i's adapted parameters ``phi_i``: phase 2
+    computes each ``v_i`` on a detached copy of ``phi_i``, phase 3 back-propagates the
+    surrogate ``sum_i <phi_i, v_i>`` through the vectorised inner loops (second order, or
+    the identity path for first order). Adaptation runs in chunks sized to a memory budget.
+    """
+
+    name = "hybrid"
+
+    def __init__(self, memory_budget_mib: float = 256.0) -> None:
+        self.memory_budget_mib = memory_budget_mib
+        self.chunk: int | None = None
+
+    @staticmethod
+    def _adapt(algorithm: AdaptThenScore, params: Params, support_x, support_y) -> Params:
+        with vectorised():
+            return vmap(algorithm.adapt_task, in_dims=(None, 0, 0))(params, support_x, support_y)
+
+    def _chunk(self, algorithm: AdaptThenScore, params: Params, batch: TaskBatch) -> int:
+        if self.chunk is None:
+            one = batch.slice(0, 1)
+            self.chunk, task_mib = fit_chunk(
+                self.memory_budget_mib,
+                lambda: self._adapt(algorithm, params, one.support_x, one.support_y),
+                batch.support_x.device,
+                len(batch),
+            )
+            log.info(
+                "hybrid: adapting %d tasks per vmap call (%.1f MiB each)", self.chunk, task_mib
+            )
+        return self.chunk
+
+    def meta_gradient(
+        self, fn: TaskFn, params: Params, batch: TaskBatch, backward: Backward
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        algorithm = split_objective(fn)
+        if algorithm is None:
+            raise ConfigError(
+                "strategy=hybrid needs an algorithm that adapts once and then scores the query "
+                "set (MAML, FOMAML); use strategy=loop or strategy=auto for this one."
+            )
+        size = self._chunk(algorithm, params, batch)
+        losses, metrics = [], []
+        for start in range(0, len(batch), size):
+            chunk = batch.slice(start, start + size)
+            adapted = self._adapt(algorithm, params, chunk.support_x, chunk.support_y)
+            query_grads: dict[str, list[torch.Tensor]] = {name: [] for name in adapted}
+            for task in range(len(chunk)):
+                leaves = {k: phi[task].detach().requires_grad_() for k, phi in adapted.items()}
+                loss, metric = algorithm.query_objective(
+                    leaves, chunk.query_x[task], chunk.query_y[task]
+                )
+                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+                for name, leaf, g in zip(leaves, leaves.values(), grads, strict=True):
+                    query_grads[name].append(torch.zeros_like(leaf) if g is None else g)
+                losses.append(loss.detach())
+                metrics.append(metric.detach())
+            surrogate = sum(
+                (phi * torch.stack(query_grads[name])).sum() for name, phi in adapted.items()
+            )
+            backward(surrogate / len(batch))
+        return torch.stack(losses), torch.stack(metrics)
+
+    def map(self, fn: TaskFn, params: Params, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        return LoopStrategy().map(fn, params, batch)
 
 
 class AutoStrategy:
@@ -134,12 +291,30 @@ class AutoStrategy:
             torch.autograd.grad(loss, leaves, allow_unused=True)
 
         for strategy in self.candidates:
-            seconds = self._fastest_run(
-                lambda s=strategy: s.meta_gradient(fn, params, batch, discard),
-                batch.support_x.is_cuda,
-            )
+            if isinstance(strategy, HybridStrategy) and split_objective(fn) is None:
+                continue
+            if (
+                isinstance(strategy, VmapStrategy)
+                and len(self.candidates) > 1
+                and strategy.size_chunk(fn, params, batch) == 1 < len(batch)
+            ):
+                log.info("strategy=auto: skipping vmap, one task per chunk is the loop")
+                continue
+            try:
+                seconds = self._fastest_run(
+                    lambda s=strategy: s.meta_gradient(fn, params, batch, discard),
+                    batch.support_x.is_cuda,
+                )
+            except RuntimeError as error:  # e.g. vmap refuses a model's random ops (DropBlock)
+                if strategy is self.candidates[0]:
+                    raise
+                log.info("strategy=auto: %s cannot run this model (%s)", strategy.name, error)
+                continue
             self.timings[strategy.name] = len(batch) / seconds
-        self.chosen = max(self.candidates, key=lambda s: self.timings[s.name])
+        names = list(self.timings)  # the same on every rank: skips depend on fn and chunks only
+        self.timings = dict(zip(names, agree_mean([self.timings[n] for n in names]), strict=True))
+        measured = [s for s in self.candidates if s.name in self.timings]
+        self.chosen = max(measured, key=lambda s: self.timings[s.name])
         rates = ", ".join(f"{name} {rate:.1f} tasks/s" for name, rate in self.timings.items())
         log.info("strategy=auto measured %s; chose %s", rates, self.chosen.name)
 
@@ -154,14 +329,38 @@ class AutoStrategy:
         return (self.chosen or self.candidates[0]).map(fn, params, batch)
 
 
-STRATEGIES = ("loop", "vmap", "auto")
+STRATEGIES = ("loop", "vmap", "hybrid", "auto")
 
 
-def build_strategy(name: str, vmap_chunk: int | None):
+# Default budget for an automatically sized vmap chunk: on a CPU it keeps auto's peak memory
+# within ~1.5x the loop's for Conv-4 (one task ~150 MiB); on a GPU, half its free memory.
+CPU_VMAP_MEMORY_MIB = 256.0
+
+
+def default_vmap_memory_mib(accelerator: str) -> float:
+    if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return free / 2**20 / 2
+    return CPU_VMAP_MEMORY_MIB
+
+
+def build_strategy(
+    name: str,
+    vmap_chunk: int | None,
+    vmap_memory_mib: float | None = None,
+    accelerator: str = "cpu",
+):
+    """``vmap_chunk=None`` sizes vmap's chunks to ``vmap_memory_mib`` (device default if None)."""
+    budget = vmap_memory_mib or default_vmap_memory_mib(accelerator)
+    vmap_budget = budget if vmap_chunk is None else None
     if name == "loop":
         return LoopStrategy()
     if name == "vmap":
-        return VmapStrategy(vmap_chunk)
+        return VmapStrategy(vmap_chunk, vmap_budget)
+    if name == "hybrid":
+        return HybridStrategy(budget)
     if name == "auto":
-        return AutoStrategy([LoopStrategy(), VmapStrategy(vmap_chunk)])
+        return AutoStrategy(
+            [LoopStrategy(), VmapStrategy(vmap_chunk, vmap_budget), HybridStrategy(budget)]
+        )
     raise ConfigError(f"strategy={name!r} is not known: choose one of {', '.join(STRATEGIES)}.")

@@ -21,13 +21,13 @@ from metalab.execution import build_strategy
 from metalab.inner_loop import InnerLoop
 from metalab.losses import TASK_KINDS
 from metalab.models import build_model
+from metalab.models.layout import apply_memory_format, resolve_memory_format
+from metalab.numerics import NonFiniteLossError, non_finite_error
 from metalab.results import mean_and_ci95
 
+__all__ = ["MetaLearner", "NonFiniteLossError"]
+
 OUTER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-
-
-class NonFiniteLossError(MetalabError):
-    """The meta-training loss became NaN or infinite."""
 
 
 class MetaLearner(pl.LightningModule):
@@ -43,10 +43,17 @@ class MetaLearner(pl.LightningModule):
             out_features,
             head=has_fixed_head(self.cfg.algorithm.name),
         )
+        self.memory_format = resolve_memory_format(
+            str(self.cfg.get("memory_format", "auto")), str(self.cfg.trainer.accelerator)
+        )
+        apply_memory_format(self.model, self.memory_format)
         self.algorithm = build_algorithm(self.cfg.algorithm, InnerLoop(self.model, self.kind))
-        chunk = self.cfg.vmap_chunk
+        chunk, budget = self.cfg.vmap_chunk, self.cfg.get("vmap_memory_mib")
         self.strategy = build_strategy(
-            str(self.cfg.strategy), None if chunk is None else int(chunk)
+            str(self.cfg.strategy),
+            None if chunk is None else int(chunk),
+            None if budget is None else float(budget),
+            str(self.cfg.trainer.accelerator),
         )
         self._test_values: list[torch.Tensor] = []
         self.test_summary: dict[str, Any] | None = None
@@ -76,12 +83,7 @@ class MetaLearner(pl.LightningModule):
             )
         loss = losses.mean()
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the meta-training loss is {loss.item()} at step {self.global_step}: the inner "
-                f"or outer learning rate is probably too high (algorithm.inner_lr="
-                f"{self.cfg.algorithm.get('inner_lr')}, optimizer.lr={self.cfg.optimizer.lr}); "
-                "lower it."
-            )
+            raise non_finite_error(self, batch, losses)  # before the step: weights stay finite
         clip = self.cfg.optimizer.grad_clip
         if clip:
             self.clip_gradients(optimizer, gradient_clip_val=float(clip))

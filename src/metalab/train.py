@@ -7,7 +7,12 @@ what Hydra's sweepers optimise.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import math
+import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -15,25 +20,28 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 import metalab
-from metalab.assembly import (
-    build_data,
-    build_module,
-    check_device,
-    check_head,
-    check_positive,
-    protocol,
+from metalab.assembly import build_data, build_module, protocol
+from metalab.checkpoints import (
+    InterruptCheckpoint,
+    check_same_setup,
+    checkpoint_config,
+    load_checkpoint,
 )
-from metalab.errors import ConfigError, MetalabError
+from metalab.errors import ConfigError, MetalabError, RunInterrupted
 from metalab.loggers import build_loggers, finish_wandb
+from metalab.numerics import InnerGradientMonitor
 from metalab.paths import config_dir
+from metalab.preflight import check_config, check_overrides
 from metalab.report import print_test_summary
 from metalab.results import git_commit, write_json
+from metalab.run_status import COMPLETED, FAILED, INTERRUPTED, read_status, write_outcome
 
 log = logging.getLogger("metalab")
 
@@ -74,6 +82,11 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, monitor: str, mo
         save_last=True,
         auto_insert_metric_name=False,
     )
+    interrupt = InterruptCheckpoint(run_dir / "checkpoints")
+    numerics = cfg.numerics
+    inner_gradient = InnerGradientMonitor(
+        int(numerics.inner_grad_every_n_steps), float(numerics.inner_grad_warn)
+    )
     t = cfg.trainer
     trainer = pl.Trainer(
         accelerator=t.accelerator,
@@ -86,40 +99,96 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, monitor: str, mo
         log_every_n_steps=int(t.log_every_n_steps),
         enable_progress_bar=bool(t.enable_progress_bar),
         logger=loggers or False,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, interrupt, inner_gradient],
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
         enable_model_summary=False,
         inference_mode=False,
     )
-    return trainer, checkpoint
+    return trainer, checkpoint, interrupt
 
 
-def train(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+_TRAINER_RUNNING = False
+
+
+@contextlib.contextmanager
+def lightning_handles_signals(interrupt: InterruptCheckpoint):
+    """While Lightning runs it stops at a batch boundary on SIGINT/SIGTERM and calls the
+    interrupt checkpoint; what it raises then becomes one RunInterrupted."""
+    global _TRAINER_RUNNING
+    _TRAINER_RUNNING = True
+    try:
+        yield
+    except BaseException:
+        if interrupt.signal:
+            raise RunInterrupted(
+                interrupt.signal,
+                interrupt.step,
+                interrupt.ckpt_path if interrupt.step is not None else None,
+            ) from None
+        raise
+    finally:
+        _TRAINER_RUNNING = False
+
+
+def _sigterm_outside_lightning(signum, frame) -> None:
+    if not _TRAINER_RUNNING:  # inside fit/test Lightning's own handler takes care of it
+        raise RunInterrupted(signal.Signals(signum).name)
+
+
+def interrupted_checkpoint(run_dir: Path) -> Path | None:
+    """With resume=true, the checkpoint of the newest interrupted earlier attempt; None when a
+    newer attempt trained further (its failure stands) or none was interrupted."""
+    attempts = sorted(
+        run_dir.glob("attempt-*"), key=lambda p: int(p.name.split("-")[1]), reverse=True
+    )
+    for attempt in attempts:
+        kept = [attempt / "checkpoints" / n for n in ("interrupted.ckpt", "last.ckpt")]
+        kept = [p for p in kept if p.is_file()]
+        if read_status(attempt) == INTERRUPTED and kept:
+            return kept[0]
+        if kept:
+            return None
+    return None
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float | None:
     guard_run_dir(run_dir)
-    check_positive(cfg)
-    check_head(cfg)
-    check_device(cfg)
+    check_config(cfg)
+    resume_from = interrupted_checkpoint(run_dir) if cfg.resume else None
+    if resume_from is not None:
+        check_same_setup(
+            checkpoint_config(load_checkpoint(resume_from), resume_from), cfg, resume_from
+        )
+        log.info("resume=true: continuing from %s", resume_from)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     data, in_shape, out_features = build_data(cfg)
     module = build_module(cfg, in_shape, out_features)
     metric = module.metric
     resolved = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg.logger, run_dir, sweep_group(), resolved)
-    trainer, checkpoint = make_trainer(
+    trainer, checkpoint, interrupt = make_trainer(
         cfg, run_dir, loggers, f"val/{metric}", "max" if module.kind.higher_is_better else "min"
     )
     started = time.time()
-    trainer.fit(module, datamodule=data)
+    with lightning_handles_signals(interrupt):
+        trainer.fit(
+            module,
+            datamodule=data,
+            ckpt_path=str(resume_from) if resume_from else None,
+            weights_only=True,
+        )
     train_seconds = time.time() - started
     log.info("execution strategy: %s", module.strategy.name)
     best = checkpoint.best_model_path
-    trainer.test(module, datamodule=data, ckpt_path=best or None, verbose=False)
+    with lightning_handles_signals(interrupt):
+        trainer.test(
+            module, datamodule=data, ckpt_path=best or None, verbose=False, weights_only=True
+        )
     summary = module.test_summary
     val_best = checkpoint.best_model_score
     results: dict[str, Any] = {
-        "status": "completed",
+        "status": COMPLETED,
         "metrics": {f"test/{metric}": summary, f"val/{metric}_best": _float(val_best)},
         "num_test_tasks": summary["tasks"],
         "protocol": protocol(cfg),
@@ -132,6 +201,8 @@ def train(cfg: DictConfig) -> float | None:
         "run_dir": str(run_dir),
         "config": resolved,
     }
+    if resume_from is not None:
+        results["resumed_from"] = str(resume_from)
     write_json(run_dir / "results.json", results)
     for logger in loggers:
         if hasattr(logger, "experiment") and logger.__class__.__name__ == "WandbLogger":
@@ -150,18 +221,100 @@ def _float(value) -> float | None:
     return None if value is None else float(value)
 
 
-@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
-    failed = True
+def _kept_checkpoints(run_dir: Path) -> list[str]:
+    folder = run_dir / "checkpoints"
+    return sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+
+
+def _config(cfg: DictConfig) -> dict | str:
+    """The resolved config for results.json; its text if it does not resolve (that may be
+    why the job failed)."""
     try:
-        value = train(cfg)
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001
+        return OmegaConf.to_yaml(cfg)
+
+
+def _completed_value(run_dir: Path) -> float | None:
+    """The validation metric a completed job returned, for sweepers, when it is skipped."""
+    metrics = json.loads((run_dir / "results.json").read_text()).get("metrics", {})
+    return next(
+        (v for k, v in metrics.items() if k.startswith("val/") and k.endswith("_best")), None
+    )
+
+
+@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> float | None:
+    """One job. Whatever happens, its results.json says how it ended; in a sweep a failed job
+    returns NaN (a failed trial for sweepers) so the other jobs still run."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun and cfg.resume and read_status(run_dir) == COMPLETED:
+        log.info("resume=true: %s already completed; skipped", run_dir.name)
+        return _completed_value(run_dir)
+    failed = True
+    previous = signal.signal(signal.SIGTERM, _sigterm_outside_lightning)
+    try:
+        value = train(cfg, run_dir)
         failed = False
         return value
+    except (RunInterrupted, KeyboardInterrupt) as stop:
+        if not isinstance(stop, RunInterrupted):
+            stop = RunInterrupted("SIGINT")
+        write_outcome(
+            run_dir,
+            INTERRUPTED,
+            error=str(stop),
+            signal=stop.signal,
+            step=stop.step,
+            checkpoint=stop.checkpoint,
+            checkpoints=_kept_checkpoints(run_dir),
+            config=_config(cfg),
+        )
+        print(f"metalab: {stop}", file=sys.stderr)
+        raise SystemExit(128 + signal.Signals[stop.signal].value) from None
     except MetalabError as error:
+        write_outcome(
+            run_dir,
+            FAILED,
+            error=str(error),
+            error_type=type(error).__name__,
+            checkpoints=_kept_checkpoints(run_dir),
+            config=_config(cfg),
+        )
         log.error("%s", error)
+        if multirun:
+            return math.nan
         raise SystemExit(f"metalab: error: {error}") from None
+    except Exception as error:
+        write_outcome(
+            run_dir,
+            FAILED,
+            error=f"{type(error).__name__}: {error}",
+            error_type=type(error).__name__,
+            checkpoints=_kept_checkpoints(run_dir),
+            config=_config(cfg),
+        )
+        if multirun:
+            log.exception("job %s failed", run_dir.name)
+            return math.nan
+        raise
     finally:
+        signal.signal(signal.SIGTERM, previous)
         finish_wandb(failed)
+
+
+def main() -> None:
+    """``metalab-train``: check the command line's keys and group options, then run Hydra."""
+    try:
+        args = get_args_parser().parse_args(sys.argv[1:])
+        check_overrides(list(args.overrides), args.config_name or "train")
+    except ConfigError as error:
+        raise SystemExit(f"metalab: error: {error}") from None
+    except SystemExit:
+        pass  # argparse's own message and exit are Hydra's to give
+    hydra_main()
 
 
 if __name__ == "__main__":

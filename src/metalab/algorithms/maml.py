@@ -15,9 +15,10 @@ from torch import nn
 
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params
+from metalab.objectives import AdaptThenScore
 
 
-class MAML(nn.Module):
+class MAML(nn.Module, AdaptThenScore):
     def __init__(
         self,
         inner_loop: InnerLoop,
@@ -42,18 +43,18 @@ class MAML(nn.Module):
     def on_outer_step(self, step: int, total_steps: int) -> None:
         """Called before each outer step; annealed algorithms (MAML++, Reptile) use it."""
 
-    def meta_objective(
-        self,
-        params: Params,
-        support_x: torch.Tensor,
-        support_y: torch.Tensor,
-        query_x: torch.Tensor,
-        query_y: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The task's query loss at the adapted parameters, and its metric (for logging)."""
-        adapted = self.inner_loop.adapt(
+    def adapt_task(
+        self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor
+    ) -> Params:
+        """The inner loop with the training settings (the first half of the objective)."""
+        return self.inner_loop.adapt(
             params, support_x, support_y, self.inner_steps, self.inner_lr, self.first_order
         )
+
+    def query_objective(
+        self, adapted: Params, query_x: torch.Tensor, query_y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query loss at the adapted parameters and its metric (the second half)."""
         prediction = self.inner_loop.predict(adapted, query_x)
         kind = self.inner_loop.kind
         return kind.loss(prediction, query_y), kind.metric(prediction.detach(), query_y)

@@ -44,7 +44,10 @@ class MetricAlgorithm(nn.Module):
                 f"algorithm={self.name} classifies by comparing examples and cannot do "
                 f"{inner_loop.kind.name}: use a classification dataset (dataset=omniglot)."
             )
-        self.inner_loop = inner_loop  # a plain object: the model is registered by the caller
+        # The head-less model and the task kind (a plain object: the model is registered by
+        # the caller). Not named ``inner_loop``: these methods have none, and the numerics
+        # monitor, which replays an ``inner_loop``, must skip them.
+        self.embedding = inner_loop
 
     @property
     def name(self) -> str:
@@ -54,7 +57,7 @@ class MetricAlgorithm(nn.Module):
         """Nothing is annealed."""
 
     def embed(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.inner_loop.model, params, (x,))
+        return functional_call(self.embedding.model, params, (x,))
 
     def embed_episode(
         self, params: Params, support_x: torch.Tensor, query_x: torch.Tensor
@@ -70,7 +73,7 @@ class MetricAlgorithm(nn.Module):
 
     def meta_objective(self, params, support_x, support_y, query_x, query_y):
         scores = self.class_scores(params, support_x, support_y, query_x)
-        kind = self.inner_loop.kind
+        kind = self.embedding.kind
         return kind.loss(scores, query_y), kind.metric(scores.detach(), query_y)
 
     def evaluate(self, params, support_x, support_y, query_x, query_y):

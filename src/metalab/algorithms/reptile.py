@@ -20,10 +20,10 @@ query example predicted in a batch with the support set, as in the paper's code)
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from metalab.algorithms.maml import MAML
 from metalab.data.tasks import TaskBatch
+from metalab.distributed import average_gradients
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params
 
@@ -56,21 +56,6 @@ class InnerAdam:
             k: p - self.lr * grads[k] / ((self.v[k] / correction).sqrt() + self.eps)
             for k, p in params.items()
         }
-
-
-def all_reduce_mean_(grads: list[torch.Tensor]) -> None:
-    """Average a hand-written gradient over processes, in place.
-
-    Lightning's DDP averages gradients in hooks that ``backward`` triggers; a pseudo-gradient
-    written into ``.grad`` bypasses them, so it must be averaged explicitly. This is the one
-    place that does it (a no-op in a single process).
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    world = dist.get_world_size()
-    for g in grads:
-        dist.all_reduce(g, op=dist.ReduceOp.SUM)
-        g.div_(world)
 
 
 class Reptile(MAML):
@@ -181,9 +166,10 @@ class Reptile(MAML):
         with torch.enable_grad():
             out = strategy.map(adapt_task, theta, self.task_data(batch))
         grads = [self.epsilon * (theta[k] - out["param:" + k].mean(0)) for k in params]
-        all_reduce_mean_(grads)
         for p, g in zip(params.values(), grads, strict=True):
             p.grad = g.to(p.dtype)
+        # DDP averages gradients in backward hooks, which a hand-written .grad bypasses.
+        average_gradients(params.values())
         return out["loss"], out["metric"]
 
     def evaluate(self, params, support_x, support_y, query_x, query_y):

@@ -65,5 +65,5 @@ class Siamese(MetricAlgorithm):
         loss = balanced_pair_loss(logits, torch.cat([support_y, query_y]))
         with torch.no_grad():
             scores = nearest_support_scores(logits[len(support) :, : len(support)], support_y)
-            metric = self.inner_loop.kind.metric(scores, query_y)
+            metric = self.embedding.kind.metric(scores, query_y)
         return loss, metric

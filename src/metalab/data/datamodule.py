@@ -7,9 +7,11 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
+from metalab.data.augment import AugmentedTasks
 from metalab.data.episodes import (
     TEST_STREAM,
     VAL_STREAM,
+    ClassPool,
     FixedEpisodes,
     NWayKShot,
     TaskSource,
@@ -19,7 +21,7 @@ from metalab.data.sinusoid import SinusoidTasks
 from metalab.data.tasks import TaskBatch
 from metalab.errors import ConfigError
 
-DATASETS = ("sinusoid", "omniglot")
+DATASETS = ("sinusoid", "omniglot", "miniimagenet", "cifar_fs", "fc100")
 
 
 def build_sources(cfg: Any) -> dict[str, TaskSource]:
@@ -30,10 +32,20 @@ def build_sources(cfg: Any) -> dict[str, TaskSource]:
             "val": SinusoidTasks(int(cfg.test_shots), int(cfg.test_queries)),
             "test": SinusoidTasks(int(cfg.test_shots), int(cfg.test_queries)),
         }
+    if cfg.name not in DATASETS:
+        raise ConfigError(f"dataset.name={cfg.name!r} is not known: choose one of {DATASETS}.")
+    sources = episodes(load_pools(cfg), cfg)
+    if cfg.get("augment", False):
+        sources["train"] = AugmentedTasks(sources["train"], cfg.crop_padding)
+    return sources
+
+
+def load_pools(cfg: Any) -> dict[str, ClassPool]:
+    """The train/val/test class pools of an image data set (imported only when used)."""
     if cfg.name == "omniglot":
         from metalab.data.omniglot import load_omniglot
 
-        pools = load_omniglot(
+        return load_omniglot(
             cfg.root,
             split=cfg.split,
             image_size=int(cfg.image_size),
@@ -42,14 +54,30 @@ def build_sources(cfg: Any) -> dict[str, TaskSource]:
             download=bool(cfg.download),
             seed=int(cfg.split_seed),
         )
-        return {
-            "train": NWayKShot(pools["train"], cfg.ways, cfg.shots, cfg.queries, "train"),
-            "val": NWayKShot(pools["val"], cfg.test_ways, cfg.test_shots, cfg.test_queries, "val"),
-            "test": NWayKShot(
-                pools["test"], cfg.test_ways, cfg.test_shots, cfg.test_queries, "test"
-            ),
-        }
-    raise ConfigError(f"dataset.name={cfg.name!r} is not known: choose one of {DATASETS}.")
+    if cfg.name == "miniimagenet":
+        from metalab.data.miniimagenet import load_miniimagenet
+
+        return load_miniimagenet(
+            cfg.root, source=cfg.source, image_size=cfg.image_size, cache_dir=cfg.cache_dir
+        )
+    from metalab.data.cifar import load_cifar
+
+    return load_cifar(
+        cfg.name,
+        cfg.root,
+        image_size=cfg.image_size,
+        cache_dir=cfg.cache_dir,
+        download=bool(cfg.download),
+    )
+
+
+def episodes(pools: dict[str, ClassPool], cfg: Any) -> dict[str, TaskSource]:
+    """N-way K-shot episodes of each split: training ways/shots for train, test ones else."""
+    return {
+        "train": NWayKShot(pools["train"], cfg.ways, cfg.shots, cfg.queries, "train"),
+        "val": NWayKShot(pools["val"], cfg.test_ways, cfg.test_shots, cfg.test_queries, "val"),
+        "test": NWayKShot(pools["test"], cfg.test_ways, cfg.test_shots, cfg.test_queries, "test"),
+    }
 
 
 class EpisodeDataModule(pl.LightningDataModule):

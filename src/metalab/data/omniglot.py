@@ -18,27 +18,21 @@ Why it looks like this:
 
 from __future__ import annotations
 
-import hashlib
-import http.client
-import io
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
-import urllib.request
-import zipfile
-import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from metalab.data import download as net
+from metalab.data.archives import open_tree
+from metalab.data.cache import TensorCache, cache_folder, fingerprint
+from metalab.data.images import decode_image
 from metalab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -153,7 +147,7 @@ def load_omniglot(
     """
     turns = _check_config(split, image_size, rotations)
     root = _check_root(Path(root).expanduser(), download)
-    cache = _cache_folder(cache_dir)
+    cache = cache_folder(cache_dir)
     parts = [_archive_images(root, a, image_size, cache, download) for a in ARCHIVES]
     images = torch.cat([images for images, _ in parts])
     names = [name for _, archive_names in parts for name in archive_names]
@@ -190,41 +184,8 @@ def _check_config(split: str, image_size: int, rotations: Sequence[int]) -> list
 
 def _check_root(root: Path, download: bool) -> Path:
     """The data folder must exist, unless we are asked to download into it."""
-    if root.is_dir():
-        return root
-    if root.exists():
-        raise DataError(
-            f"Omniglot root {root} is a file, not a folder: set dataset.root (or METALAB_DATA) "
-            f"to the folder that holds images_background.zip and images_evaluation.zip."
-        )
-    if not download:
-        raise DataError(
-            f"Omniglot folder {root} does not exist: set dataset.root (or the METALAB_DATA "
-            f"environment variable, whose omniglot/ subfolder is used) to where the data is, "
-            f"or set dataset.download=true to fetch it there."
-        )
-    _make_folder(root)
-    return root
-
-
-def _make_folder(folder: Path) -> None:
-    """Create a folder to download into (only ever called with download=True)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(
-            f"Cannot create {folder} to download Omniglot into ({err}): "
-            f"point dataset.root at a writable folder."
-        ) from err
-
-
-def _cache_folder(cache_dir: str | os.PathLike[str] | None) -> Path:
-    """cache_dir, else $METALAB_CACHE, else ~/.cache/metalab; never the data root by default."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("METALAB_CACHE"):
-        return Path(os.environ["METALAB_CACHE"]).expanduser()
-    return Path.home() / ".cache" / "metalab"
+    holds = "images_background.zip and images_evaluation.zip"
+    return net.data_root(root, download, "Omniglot", holds)
 
 
 # --- sources: a zip or an extracted folder --------------------------------------------------
@@ -236,63 +197,6 @@ def _find_source(root: Path, archive: str) -> Path | None:
         if candidate.exists():
             return candidate
     return None
-
-
-def _fingerprint(source: Path) -> str:
-    """Content identity of a source: zip size + md5, or a folder's sorted paths and sizes."""
-    digest = hashlib.md5()
-    if source.is_dir():
-        for path in sorted(p for p in source.rglob("*") if p.is_file()):
-            digest.update(
-                f"{path.relative_to(source).as_posix()}\0{path.stat().st_size}\n".encode()
-            )
-        return f"dir-{digest.hexdigest()}"
-    return f"zip-{source.stat().st_size}-{_md5(source)}"
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@contextmanager
-def _open_tree(source: Path) -> Iterator[tuple[list[str], Callable[[str], bytes]]]:
-    """(file names relative to the root, a reader of one name) for a zip or a folder."""
-    if source.is_dir():
-        names = sorted(
-            p.relative_to(source.parent).as_posix() for p in source.rglob("*") if p.is_file()
-        )
-        yield names, lambda name: (source.parent / name).read_bytes()
-        return
-    try:
-        archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise DataError(f"{source} is not a readable zip file ({err}): {_FIX}.") from err
-    with archive:
-        for info in archive.infolist():
-            _refuse_escape(source, info.filename)
-        names = [info.filename for info in archive.infolist() if not info.is_dir()]
-        yield names, lambda name: _read_entry(archive, source, name)
-
-
-def _refuse_escape(source: Path, name: str) -> None:
-    """Zip entries that are absolute or climb with '..' would land outside any extract folder."""
-    parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", name):
-        raise DataError(
-            f"{source} has the entry {name!r}, which points outside the archive's folder, "
-            f"so it is refused: {_FIX}."
-        )
-
-
-def _read_entry(archive: zipfile.ZipFile, source: Path, name: str) -> bytes:
-    try:
-        return archive.read(name)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
-        raise DataError(f"{source} is truncated or corrupt at {name} ({err}): {_FIX}.") from err
 
 
 # --- checking and decoding one archive ------------------------------------------------------
@@ -361,27 +265,14 @@ def _few(items: list[str], limit: int = 4) -> str:
 
 def _decode(data: bytes, source: Path, name: str, size: int) -> np.ndarray:
     """One drawing as uint8 [size, size] with ink = 255."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format != "PNG":
-                raise DataError(f"{source}: {name} is a {image.format} file, not a PNG: {_FIX}.")
-            if image.size != (SOURCE_SIDE, SOURCE_SIDE):
-                width, height = image.size
-                raise DataError(
-                    f"{source}: {name} is {width}x{height} pixels, not the original "
-                    f"{SOURCE_SIDE}x{SOURCE_SIDE}: {_FIX}."
-                )
-            grey = image.convert("L")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        why = "" if isinstance(err, UnidentifiedImageError) else f" ({err})"
-        raise DataError(f"{source}: {name} is not a readable PNG image{why}: {_FIX}.") from err
-    return 255 - np.asarray(grey.resize((size, size), Image.LANCZOS), dtype=np.uint8)
+    grey = decode_image(data, source, name, _FIX, "L", size, ("PNG",), SOURCE_SIDE)
+    return 255 - grey
 
 
 def _decode_archive(source: Path, archive: str, size: int) -> tuple[torch.Tensor, list[str]]:
     """Check that the source is complete, then decode every drawing once."""
     started = time.perf_counter()
-    with _open_tree(source) as (names, read):
+    with open_tree(source, _FIX) as (names, read):
         found = _index_drawings(source, archive, names)
         _check_complete(source, archive, found)
         characters = _expected_characters(archive)
@@ -401,83 +292,22 @@ def _decode_archive(source: Path, archive: str, size: int) -> tuple[torch.Tensor
 # --- the decoded-tensor cache ---------------------------------------------------------------
 
 
-def _cache_file(cache: Path, archive: str, size: int, fingerprint: str) -> Path:
-    layout = repr(sorted(_EXPECTED[archive].items()))
-    key = hashlib.sha256(f"{CACHE_FORMAT}|{size}|{fingerprint}|{layout}".encode()).hexdigest()
-    return cache / f"omniglot-{archive}-{size}px-v{CACHE_FORMAT}-{key[:16]}.pt"
-
-
-def _tensor_sha256(images: torch.Tensor) -> str:
-    return hashlib.sha256(np.ascontiguousarray(images.numpy()).data).hexdigest()
-
-
-def _read_cache(path: Path, fingerprint: str, size: int) -> tuple[torch.Tensor, list[str]] | None:
-    """The cached tensor if the file is intact and matches the source, else None (rebuild)."""
-    if not path.is_file():
-        return None
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        images, names = blob["images"], list(blob["names"])
-        intact = (
-            blob["format"] == CACHE_FORMAT
-            and blob["fingerprint"] == fingerprint
-            and blob["image_size"] == size
-            and images.dtype == torch.uint8
-            and tuple(images.shape) == (len(names), DRAWINGS, size, size)
-            and blob["sha256"] == _tensor_sha256(images)
-        )
-    except Exception as err:  # any unreadable file only means "decode again"
-        log.warning("Omniglot cache %s is unreadable (%s); rebuilding it.", path, err)
-        return None
-    if not intact:
-        log.warning("Omniglot cache %s is corrupt or stale; rebuilding it.", path)
-        return None
-    return images, names
-
-
-def _write_cache(path: Path, blob: dict) -> None:
-    """Atomic write (temp file + os.replace); failing to cache is a warning, not an error."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(blob, handle)
-            os.chmod(temp, 0o644)  # mkstemp makes it private; a cache is shareable
-            os.replace(temp, path)
-        finally:
-            if os.path.exists(temp):
-                os.unlink(temp)
-    except OSError as err:
-        log.warning(
-            "Could not write the Omniglot cache %s (%s): set dataset.cache_dir or METALAB_CACHE "
-            "to a writable folder, or the data will be decoded again on every load.",
-            path,
-            err,
-        )
-
-
 def _cached_decode(
     source: Path, archive: str, size: int, cache: Path
 ) -> tuple[torch.Tensor, list[str]]:
-    fingerprint = _fingerprint(source)
-    path = _cache_file(cache, archive, size, fingerprint)
-    hit = _read_cache(path, fingerprint, size)
-    if hit is not None:
-        return hit
-    images, names = _decode_archive(source, archive, size)
-    _write_cache(
-        path,
-        {
-            "format": CACHE_FORMAT,
-            "fingerprint": fingerprint,
-            "image_size": size,
-            "images": images,
-            "names": names,
-            "sha256": _tensor_sha256(images),
-        },
-    )
-    return images, names
+    layout = repr(sorted(_EXPECTED[archive].items()))
+    key = (CACHE_FORMAT, size, fingerprint(source), layout)
+
+    def intact(blob: dict) -> bool:
+        return tuple(blob["images"].shape) == (len(blob["names"]), DRAWINGS, size, size)
+
+    def build() -> dict:
+        images, names = _decode_archive(source, archive, size)
+        return {"images": images, "names": names}
+
+    stem = f"omniglot-{archive}-{size}px-v{CACHE_FORMAT}"
+    blob = TensorCache(cache, stem, key, "Omniglot", intact).load_or_build(build)
+    return blob["images"], list(blob["names"])
 
 
 def _archive_images(
@@ -504,46 +334,9 @@ def _archive_images(
 # --- downloading ----------------------------------------------------------------------------
 
 
-def _fetch(url: str, dest: Path) -> None:
-    """Copy ``url`` to ``dest``: the only network access in this module (tests replace it)."""
-    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
-        shutil.copyfileobj(response, out)
-
-
-def _download(url: str, dest: Path, md5: str | None = None) -> Path:
-    """Fetch to a temporary name beside ``dest``, check the md5, then rename into place."""
-    log.info("Downloading %s to %s", url, dest)
-    try:
-        fd, temp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        os.close(fd)
-    except OSError as err:
-        raise DataError(
-            f"Cannot write into {dest.parent} to download {dest.name} ({err}): point "
-            f"dataset.root at a writable folder."
-        ) from err
-    temp = Path(temp_name)
-    try:
-        _fetch(url, temp)
-        got = _md5(temp) if md5 else None
-    except (OSError, http.client.HTTPException, ValueError) as err:
-        temp.unlink(missing_ok=True)
-        raise DataError(
-            f"Could not download {url} ({err}): check the network, or copy {dest.name} "
-            f"into {dest.parent} by hand."
-        ) from err
-    if md5 and got != md5:
-        temp.unlink(missing_ok=True)
-        raise DataError(
-            f"The downloaded {dest.name} has md5 {got}, not the expected {md5}, so it was "
-            f"deleted: run again with dataset.download=true, or copy the official file to {dest}."
-        )
-    os.replace(temp, dest)
-    return dest
-
-
 def _download_archive(root: Path, archive: str) -> Path:
     url = _ARCHIVE_URL.format(archive)
-    return _download(url, root / f"{archive}.zip", _UPSTREAM_MD5[archive])
+    return net.download(url, root / f"{archive}.zip", _UPSTREAM_MD5[archive])
 
 
 # --- splits ---------------------------------------------------------------------------------
@@ -582,9 +375,9 @@ def _vinyals_classes(
     folder = root / _VINYALS_DIR
     missing = [part for part in _VINYALS_FILES if not (folder / f"{part}.txt").is_file()]
     if download and missing:
-        _make_folder(folder)
+        net.make_folder(folder, "the Vinyals split files")
         for part in missing:
-            _download(_SPLIT_URL.format(part), folder / f"{part}.txt")
+            net.download(_SPLIT_URL.format(part), folder / f"{part}.txt")
     index = {name: i for i, name in enumerate(names)}
     return {part: _read_split(folder / f"{part}.txt", index, turns) for part in _VINYALS_PARTS}
 

@@ -11,6 +11,7 @@ from metalab.models.conv4 import Conv4
 from metalab.models.embedding import without_head
 from metalab.models.koch import KochNet
 from metalab.models.mlp import MLP
+from metalab.models.resnet12 import ResNet12
 
 
 def build_model(
@@ -31,11 +32,7 @@ def _build_with_head(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> 
             )
         return MLP(in_shape[0], out_features, tuple(cfg.hidden))
     if cfg.name == "conv4":
-        if len(in_shape) != 3:
-            raise ConfigError(
-                f"model=conv4 takes images [channels, height, width] but this dataset gives "
-                f"{tuple(in_shape)}: use model=mlp for vector inputs."
-            )
+        _require_images(cfg.name, in_shape)
         return Conv4(
             in_shape[0],
             out_features,
@@ -44,11 +41,25 @@ def _build_with_head(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> 
             blocks=int(cfg.blocks),
             norm=str(cfg.norm),
         )
+    if cfg.name == "resnet12":
+        _require_images(cfg.name, in_shape)
+        return ResNet12(
+            in_shape[0],
+            out_features,
+            image_size=min(in_shape[-2:]),
+            channels=tuple(cfg.channels),
+            dropblock=float(cfg.dropblock),
+            dropblock_size=int(cfg.dropblock_size),
+        )
     if cfg.name == "koch":
-        if len(in_shape) != 3:
-            raise ConfigError(
-                f"model=koch takes images [channels, height, width] but this dataset gives "
-                f"{tuple(in_shape)}: use model=mlp for vector inputs."
-            )
+        _require_images(cfg.name, in_shape)
         return KochNet(in_shape[0], out_features, image_size=in_shape[-1])
-    raise ConfigError(f"model.name={cfg.name!r} is not known: choose mlp, conv4 or koch.")
+    raise ConfigError(f"model.name={cfg.name!r} is not known: choose mlp, conv4, resnet12 or koch.")
+
+
+def _require_images(name: str, in_shape: tuple[int, ...]) -> None:
+    if len(in_shape) != 3:
+        raise ConfigError(
+            f"model={name} takes images [channels, height, width] but this dataset gives "
+            f"{tuple(in_shape)}: use model=mlp for vector inputs."
+        )

@@ -9,13 +9,14 @@ from __future__ import annotations
 from torch import nn
 
 from metalab.errors import ConfigError
+from metalab.models.layout import LayoutConv2d
 from metalab.models.norm import BatchStatNorm
 
 NORMS = ("batch", "none")
 
 
 def conv_block(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1)]
+    layers: list[nn.Module] = [LayoutConv2d(in_channels, out_channels, 3, padding=1)]
     if norm == "batch":
         layers.append(BatchStatNorm(out_channels))
     layers += [nn.ReLU(), nn.MaxPool2d(2)]

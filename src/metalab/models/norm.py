@@ -5,30 +5,20 @@ time (what MAML's code does; it is transductive at test time). Per task, the nat
 ``F.batch_norm`` kernel is exact and about 1.6x faster; but under ``torch.func.vmap`` its
 batching rule gives wrong second-order gradients in torch 2.13
 (``shared/notes/vmap_batchnorm_repro.py``), so vectorised strategies switch to a version
-written from ``mean`` and ``var`` with ``decomposed_batch_norm()``.
+written from ``mean`` and ``var`` inside ``metalab.models.vectorised.vectorised()``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_DECOMPOSED: ContextVar[bool] = ContextVar("decomposed_batch_norm", default=False)
+from metalab.models.vectorised import is_vectorised, vectorised
 
-
-@contextmanager
-def decomposed_batch_norm() -> Iterator[None]:
-    """Within this block, batch norm avoids the native kernel (needed under vmap)."""
-    token = _DECOMPOSED.set(True)
-    try:
-        yield
-    finally:
-        _DECOMPOSED.reset(token)
+# Within this block batch norm avoids the native kernel (what vmap needs); kept by this name
+# for the benchmark's "mean/var batch norm" row.
+decomposed_batch_norm = vectorised
 
 
 def batch_stat_norm(x: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:
@@ -49,6 +39,6 @@ class BatchStatNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _DECOMPOSED.get():
+        if is_vectorised():
             return batch_stat_norm(x, self.weight, self.bias, self.eps)
         return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)

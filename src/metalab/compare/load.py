@@ -1,0 +1,103 @@
+"""One run as metalab-compare sees it: its config, test result and validation curve."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metalab.errors import ConfigError
+
+
+@dataclass
+class Run:
+    path: Path
+    status: str
+    config: dict[str, Any]  # flattened: {"algorithm.name": "maml", ...}
+    metric: str | None = None  # "acc" or "mse"
+    test_mean: float | None = None
+    test_ci95: float | None = None
+    test_tasks: int | None = None
+    val_best: float | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, val metric)
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed" and self.test_mean is not None
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_config(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config stored in results.json, else Hydra's .hydra/config.yaml."""
+    if isinstance(results.get("config"), dict):
+        return flatten(results["config"])
+    hydra_config = run_dir / ".hydra" / "config.yaml"
+    if hydra_config.is_file():
+        return flatten(yaml.safe_load(hydra_config.read_text()) or {})
+    return {}
+
+
+def read_curve(metrics_csv: Path, metric: str) -> list[tuple[int, float]]:
+    """The validation metric over training steps from Lightning's CSV logger."""
+    if not metrics_csv.is_file():
+        return []
+    column = f"val/{metric}"
+    curve = []
+    with metrics_csv.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            value = row.get(column)
+            if value not in (None, "") and row.get("step") not in (None, ""):
+                curve.append((int(float(row["step"])), float(value)))
+    return curve
+
+
+def load_run(run_dir: Path) -> Run:
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(
+            f"{run_dir / 'results.json'} cannot be read ({error}): remove or repair that run."
+        ) from None
+    # results.json without a status predates failure recording: it was written on success
+    run = Run(
+        path=run_dir,
+        status=str(results.get("status", "completed")),
+        config=read_config(run_dir, results),
+        error=results.get("error"),
+    )
+    tests = {k: v for k, v in results.get("metrics", {}).items() if k.startswith("test/")}
+    if not tests:
+        return run
+    key, summary = next(iter(tests.items()))
+    run.metric = summary.get("metric") or key.split("/", 1)[1]
+    run.test_mean = _number(summary.get("mean"))
+    run.test_ci95 = _number(summary.get("ci95"))
+    run.test_tasks = summary.get("tasks")
+    run.val_best = _number(results["metrics"].get(f"val/{run.metric}_best"))
+    run.protocol = dict(results.get("protocol") or {})
+    run.curve = read_curve(run_dir / "metrics.csv", run.metric)
+    return run
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value

@@ -1,0 +1,95 @@
+"""PNG plots: validation curves per group, and test results next to the published ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from metalab.compare.published import CONTEXT, scale  # noqa: E402
+from metalab.compare.rows import Row  # noqa: E402
+
+
+def plot_validation_curves(rows: list[Row], path: Path) -> bool:
+    """Mean validation metric over seeds at each step, the band spanning the seeds."""
+    metrics = sorted({row.metric for row in rows})
+    fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4.5), squeeze=False)
+    drawn = False
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        factor = scale(metric)
+        for row in (r for r in rows if r.metric == metric):
+            curves = [dict(run.curve) for run in row.group.runs if run.curve]
+            steps = sorted(set().union(*curves)) if curves else []
+            if not steps:
+                continue
+            values = np.array(
+                [[c.get(s, np.nan) for s in steps] for c in curves], dtype=float
+            ) * factor
+            mean = np.nanmean(values, axis=0)
+            line = ax.plot(steps, mean, marker="o", ms=3, label=row.group.label)[0]
+            if len(curves) > 1:
+                low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+            drawn = True
+        ax.set_xlabel("meta-training step")
+        ax.set_ylabel(f"validation {metric}" + (" %" if metric == "acc" else ""))
+        ax.set_title(f"val/{metric}: mean over seeds (band: min-max)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def plot_test_vs_published(rows: list[Row], path: Path) -> None:
+    """Our test metric (95% CI over seeds) beside the published number for the same setting;
+    ``rows`` share one metric."""
+    labels, ours, ours_err, pubs, pub_err, colors = [], [], [], [], [], []
+    for row in rows:
+        labels.append(row.group.label)
+        ours.append(row.test_mean)
+        ours_err.append(row.test_ci95 or 0.0)
+        pubs.append(row.published.mean if row.published else np.nan)
+        pub_err.append((row.published.ci95 or 0.0) if row.published else 0.0)
+        colors.append("tab:red" if row.outside_ci else "tab:blue")
+    context = contextual(rows)
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * (len(labels) + len(context))), 4.8))
+    ax.bar(x - 0.2, ours, 0.4, yerr=ours_err, capsize=4, color=colors, label="metalab (this run)")
+    if not np.all(np.isnan(pubs)):
+        ax.bar(x + 0.2, pubs, 0.4, yerr=pub_err, capsize=4, color="tab:gray", label="published")
+    for i, published in enumerate(context, start=len(labels)):
+        ax.bar(i, published.mean, 0.4, yerr=published.ci95 or 0.0, capsize=4,
+               color="lightgray", hatch="//")
+        labels.append(f"{published.method}\n(published)")
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel(f"test {rows[0].metric}" + (" %" if rows[0].metric == "acc" else ""))
+    if rows[0].metric == "acc":  # accuracies sit near the top: do not waste the axis on 0-80%
+        lows = [m - e for m, e in zip(ours + pubs, ours_err + pub_err, strict=True)]
+        lows += [p.mean - (p.ci95 or 0.0) for p in context]
+        ax.set_ylim(max(0.0, np.nanmin(lows) - 5.0), 100.0)
+    ax.set_title("test metric, 95% CI (red: outside the published CI)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def contextual(rows: list[Row]):
+    """Other methods' Omniglot numbers for the one ways/shots setting all rows share."""
+    settings = {
+        (row.group.runs[0].protocol.get("ways"), row.group.runs[0].protocol.get("shots"))
+        for row in rows
+        if row.group.runs[0].config.get("dataset.name") == "omniglot"
+    }
+    if len(settings) != 1 or any(r.group.runs[0].config.get("dataset.name") != "omniglot"
+                                  for r in rows):
+        return []
+    return CONTEXT.get(next(iter(settings)), [])

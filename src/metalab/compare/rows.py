@@ -1,0 +1,70 @@
+"""The comparison table's rows: one per group, in the unit papers report (accuracy in %)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from metalab.compare.groups import Group
+from metalab.compare.published import Published, lookup, outside_published_ci, scale
+
+
+@dataclass
+class Row:
+    group: Group
+    metric: str
+    unit: str
+    test_mean: float
+    test_ci95: float | None
+    val_best_mean: float | None
+    published: Published | None
+    outside_ci: bool | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat, stable columns for CSV and Markdown."""
+        p = self.published
+        record: dict[str, Any] = {"group": self.group.label}
+        record.update({k: v for k, v in self.group.key.items()})
+        record.update(
+            metric=f"test/{self.metric}",
+            unit=self.unit,
+            runs=len(self.group.runs),
+            failed=len(self.group.failed),
+            seeds=" ".join(str(s) for s in self.group.seeds),
+            test_mean=self.test_mean,
+            test_ci95=self.test_ci95,
+            val_best_mean=self.val_best_mean,
+            published=p.mean if p else None,
+            published_ci95=p.ci95 if p else None,
+            published_method=p.method if p else None,
+            published_source=p.source if p else None,
+            outside_published_ci=self.outside_ci,
+        )
+        return record
+
+
+def build_rows(groups: list[Group]) -> list[Row]:
+    rows = []
+    for group in groups:
+        if not group.runs:
+            continue
+        metric = group.metric or "?"
+        factor = scale(metric)
+        mean, ci = group.test()
+        val_mean, _ = group.val_best()
+        first = group.runs[0]
+        published = lookup(first.config, first.protocol)
+        shown = factor * mean if mean is not None else float("nan")
+        rows.append(
+            Row(
+                group=group,
+                metric=metric,
+                unit="%" if metric == "acc" else metric,
+                test_mean=shown,
+                test_ci95=factor * ci if ci is not None else None,
+                val_best_mean=factor * val_mean if val_mean is not None else None,
+                published=published,
+                outside_ci=outside_published_ci(shown, published) if published else None,
+            )
+        )
+    return rows

@@ -1,0 +1,146 @@
+"""Numerical blow-ups: watch the inner gradient, and explain a NaN/Inf loss when one appears.
+
+The inner loop runs inside ``torch.func`` transforms (and vmap), where a data-dependent check
+cannot run per step; so the outer loss is checked once per meta-batch, and only when it is
+not finite is the first failing task replayed step by step to say whether the inner (support)
+or the outer (query) loss blew up, and how large the inner gradient was.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.func import grad
+
+from metalab.errors import MetalabError
+
+log = logging.getLogger("metalab")
+
+
+class NonFiniteLossError(MetalabError):
+    """The meta-training loss became NaN or infinite."""
+
+
+def _norm(grads: dict[str, torch.Tensor]) -> float:
+    return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads.values()))
+
+
+def inner_gradient_norm(algorithm: Any, params: dict, batch: Any) -> float | None:
+    """The support-loss gradient norm of the batch's first task at ``params`` (None if the
+    algorithm has no functional inner loop to ask)."""
+    inner_loop = getattr(algorithm, "inner_loop", None)
+    if inner_loop is None or not hasattr(inner_loop, "loss"):
+        return None
+    detached = {k: p.detach() for k, p in params.items()}
+    with torch.enable_grad():
+        return _norm(grad(inner_loop.loss)(detached, batch.support_x[0], batch.support_y[0]))
+
+
+def replay_task(algorithm: Any, params: dict, batch: Any, task: int) -> dict[str, Any]:
+    """Re-run one task's inner loop step by step (first order, no outer graph) and report the
+    first non-finite loss and the largest inner gradient norm on the way."""
+    inner_loop = getattr(algorithm, "inner_loop", None)
+    steps, lr = getattr(algorithm, "inner_steps", None), getattr(algorithm, "inner_lr", None)
+    if inner_loop is None or steps is None or lr is None:
+        return {}
+    sx, sy = batch.support_x[task], batch.support_y[task]
+    qx, qy = batch.query_x[task], batch.query_y[task]
+    current = {k: p.detach() for k, p in params.items()}
+    largest = 0.0
+    with torch.enable_grad():
+        for step in range(int(steps)):
+            support_loss = inner_loop.loss(current, sx, sy)
+            if not torch.isfinite(support_loss):
+                return {
+                    "where": "inner",
+                    "inner_step": step,
+                    "loss": float(support_loss),
+                    "grad_norm": largest,
+                }
+            grads = grad(inner_loop.loss)(current, sx, sy)
+            largest = max(largest, _norm(grads))
+            current = {k: p - lr * grads[k] for k, p in current.items()}
+        with torch.no_grad():
+            query_loss = inner_loop.loss(current, qx, qy)
+    return {"where": "outer", "loss": float(query_loss), "grad_norm": largest}
+
+
+def _diagnose(module: Any, batch: Any, losses: torch.Tensor) -> tuple[str, str]:
+    """Which loss blew up and what to lower."""
+    cfg = module.cfg
+    outer_lr = f"optimizer.lr={cfg.optimizer.lr}"
+    inner_lr = f"algorithm.inner_lr={cfg.algorithm.get('inner_lr')}"
+    outer_fix = f"the outer learning rate is probably too high ({outer_lr}): lower it, or set "
+    outer_fix += "optimizer.grad_clip"
+    inner_fix = f"the inner learning rate is probably too high ({inner_lr}): lower it"
+    bad = (~torch.isfinite(losses)).nonzero()
+    task = int(bad[0]) if len(bad) else 0
+    params = {k: p.detach() for k, p in module.model.named_parameters()}
+    if not all(bool(torch.isfinite(p).all()) for p in params.values()):
+        return "the meta-parameters themselves are not finite", outer_fix
+    info = replay_task(module.algorithm, params, batch, task)
+    norm = info.get("grad_norm")
+    gradient = f" (inner gradient norm up to {norm:.3g})" if norm else ""
+    if info.get("where") == "inner" and info["inner_step"] == 0:
+        return (
+            f"the inner (support) loss of task {task} is {info['loss']} at the meta-parameters, "
+            "before any inner step",
+            outer_fix,
+        )
+    if info.get("where") == "inner":
+        return (
+            f"the inner (support) loss of task {task} is {info['loss']} after "
+            f"{info['inner_step']} inner steps{gradient}",
+            inner_fix,
+        )
+    if info:
+        return (
+            f"the outer (query) loss of task {task} is {float(losses[task])} after adaptation"
+            f"{gradient}",
+            inner_fix if norm and norm > 1e3 else f"{inner_fix}, or {outer_fix}",
+        )
+    return f"the loss of task {task} is {float(losses[task])}", f"{inner_fix}, or {outer_fix}"
+
+
+def non_finite_error(module: Any, batch: Any, losses: torch.Tensor) -> NonFiniteLossError:
+    """One sentence: the step, which loss, how large the inner gradient was, what to lower."""
+    where, cause = _diagnose(module, batch, losses)
+    error = NonFiniteLossError(
+        f"the meta-training loss is not finite at step {module.global_step}: {where}; {cause}. "
+        "The checkpoints written before this step are kept."
+    )
+    error.step = module.global_step
+    return error
+
+
+class InnerGradientMonitor(pl.Callback):
+    """Every ``every_n_steps`` outer steps, log the inner gradient norm of one task and warn
+    when it exceeds ``threshold``: an exploding inner loop is named before it turns into NaN."""
+
+    def __init__(self, every_n_steps: int, threshold: float) -> None:
+        self.every_n_steps, self.threshold = max(1, int(every_n_steps)), float(threshold)
+        self.warned = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step % self.every_n_steps:
+            return
+        params = dict(pl_module.model.named_parameters())
+        norm = inner_gradient_norm(pl_module.algorithm, params, batch)
+        if norm is None:
+            return
+        pl_module.log("train/inner_grad_norm", norm, batch_size=len(batch))
+        if (norm > self.threshold or not math.isfinite(norm)) and not self.warned:
+            self.warned = True
+            log.warning(
+                "the inner gradient norm is %.3g at step %d (warning threshold "
+                "numerics.inner_grad_warn=%g): "
+                "the inner loop may diverge; lower algorithm.inner_lr (now %s).",
+                norm,
+                trainer.global_step,
+                self.threshold,
+                pl_module.cfg.algorithm.get("inner_lr"),
+            )

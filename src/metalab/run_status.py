@@ -1,0 +1,183 @@
+"""Every job's ``results.json`` status, and the run/sweep directories that are never overwritten.
+
+A job ends ``completed``, ``failed`` (with the error) or ``interrupted`` (with the signal and
+the checkpoint written). ``RunGuard`` is a Hydra callback: it runs before Hydra writes
+``.hydra/`` into a directory, so an existing run or sweep is refused unless ``resume=true``,
+and with ``resume=true`` completed jobs are kept as they are while the files of failed,
+interrupted or unfinished ones are moved to ``attempt-N/`` (never deleted) and the job runs
+again. At the end of a sweep it lists the jobs that did not complete and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from metalab.errors import ConfigError
+from metalab.results import write_json
+
+log = logging.getLogger("metalab")
+
+COMPLETED, FAILED, INTERRUPTED = "completed", "failed", "interrupted"
+RESULTS = "results.json"
+KEPT_HYDRA = ".hydra-kept"
+WANDB_RUN_ID = "wandb_run_id"  # metalab.loggers.RUN_ID_FILE, where the merged branch has it
+
+
+def read_status(run_dir: Path) -> str | None:
+    """The status a job's results.json records; None if it has none (never finished)."""
+    try:
+        return json.loads((run_dir / RESULTS).read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def write_outcome(run_dir: Path, status: str, **fields: Any) -> Path:
+    """results.json of a job that did not complete: the status and why, and what it kept."""
+    path = run_dir / RESULTS
+    write_json(path, {"status": status, **fields, "run_dir": str(run_dir)})
+    return path
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    return run_dir.is_dir() and any(run_dir.iterdir())
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Move everything of an earlier attempt into ``attempt-N/`` (N = 1, 2, ...)."""
+    number = 1
+    while (run_dir / f"attempt-{number}").exists():
+        number += 1
+    target = run_dir / f"attempt-{number}"
+    entries = [p for p in run_dir.iterdir() if not p.name.startswith("attempt-")]
+    target.mkdir()
+    for entry in entries:
+        shutil.move(str(entry), str(target / entry.name))
+    if (target / WANDB_RUN_ID).is_file():  # the re-run continues the job's W&B run
+        shutil.copy2(target / WANDB_RUN_ID, run_dir / WANDB_RUN_ID)
+    return target
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    """A single run's directory: new, or (resume=true) an earlier attempt that did not complete."""
+    if not holds_a_run(run_dir):
+        return
+    status = read_status(run_dir)
+    if not resume:
+        what = f"a {status} run" if status else "files of an earlier run"
+        raise ConfigError(
+            f"{run_dir} already holds {what} and metalab never overwrites one: choose a new "
+            "hydra.run.dir (or leave it at its default), or add resume=true to run it again "
+            "with the earlier files moved to attempt-N/."
+        )
+    if status == COMPLETED:
+        raise ConfigError(
+            f"{run_dir} already holds a completed run, so resume=true has nothing to do: "
+            "choose a new hydra.run.dir to train again."
+        )
+    log.info("resume=true: moved the earlier attempt to %s", move_aside(run_dir))
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job directories of a sweep (Hydra writes .hydra/ into each)."""
+    if not sweep_dir.is_dir():
+        return []
+    return sorted(
+        p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir() or (p / RESULTS).is_file()
+    )
+
+
+def prepare_sweep_dir(sweep_dir: Path, resume: bool) -> None:
+    jobs = job_dirs(sweep_dir)
+    if not jobs:
+        return
+    if not resume:
+        raise ConfigError(
+            f"hydra.sweep.dir={sweep_dir} already holds a sweep of {len(jobs)} jobs and metalab "
+            "never overwrites one: add resume=true to finish it (completed jobs are skipped), "
+            "or choose a new hydra.sweep.dir."
+        )
+    for job in jobs:
+        if read_status(job) == COMPLETED:
+            # Hydra rewrites .hydra/ of every job it launches; keep the original to restore.
+            if (job / ".hydra").is_dir() and not (job / KEPT_HYDRA).exists():
+                shutil.copytree(job / ".hydra", job / KEPT_HYDRA)
+        else:
+            log.info("resume=true: re-running %s (earlier files in %s)", job.name, move_aside(job))
+    if (sweep_dir / "multirun.yaml").is_file():
+        number = 1
+        while (sweep_dir / f"multirun.attempt-{number}.yaml").exists():
+            number += 1
+        shutil.copy2(sweep_dir / "multirun.yaml", sweep_dir / f"multirun.attempt-{number}.yaml")
+
+
+def restore_kept_hydra(job: Path) -> None:
+    """A skipped completed job gets its original .hydra/ back, byte for byte."""
+    kept = job / KEPT_HYDRA
+    if kept.is_dir():
+        shutil.rmtree(job / ".hydra", ignore_errors=True)
+        kept.rename(job / ".hydra")
+
+
+def sweep_summary(sweep_dir: Path) -> tuple[int, list[str]]:
+    """How many jobs the sweep has, and one line per job that did not complete."""
+    jobs = job_dirs(sweep_dir)
+    problems = []
+    for job in jobs:
+        status = read_status(job)
+        if status == COMPLETED:
+            continue
+        error = ""
+        if status is not None:
+            error = json.loads((job / RESULTS).read_text()).get("error", "")
+        problems.append(
+            f"{job.name}: {status or 'no results.json'}{f' ({error})' if error else ''}"
+        )
+    return len(jobs), problems
+
+
+class RunGuard(Callback):
+    """Hydra callback: guard run/sweep directories before Hydra writes into them, and report
+    a sweep's failed jobs at its end with a non-zero exit code."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from metalab.preflight import check_config
+
+        try:
+            check_config(config)
+            prepare_run_dir(Path(config.hydra.run.dir), bool(config.get("resume", False)))
+        except ConfigError as error:
+            raise SystemExit(f"metalab: error: {error}") from None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower():
+            return  # an Optuna study resumes from its own storage (its trials are new jobs)
+        try:
+            prepare_sweep_dir(Path(config.hydra.sweep.dir), bool(config.get("resume", False)))
+        except ConfigError as error:
+            raise SystemExit(f"metalab: error: {error}") from None
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        restore_kept_hydra(Path(config.hydra.runtime.output_dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        total, problems = sweep_summary(sweep_dir)
+        if not problems:
+            log.info("all %d jobs of %s completed", total, sweep_dir)
+            return
+        lines = "\n  ".join(problems)
+        message = (
+            f"{len(problems)} of {total} jobs did not complete:\n  {lines}\n"
+            f"fix the cause and re-run the same command with resume=true "
+            f"hydra.sweep.dir={sweep_dir} to run only these jobs again."
+        )
+        print(f"metalab: error: {message}", file=sys.stderr)
+        raise SystemExit(1)

@@ -1,0 +1,84 @@
+"""A sweep survives a failed job, says so at the end, and resume=true re-runs only what did
+not complete, keeping every earlier file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cli import read_results, run_cli
+
+SWEEP = [
+    "-m",
+    # job 1 diverges at its second step; job 2 has a value the config checks refuse
+    "optimizer.lr=0.001,1e30,0,0.002",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "algorithm.meta_batch=5",
+    "val.tasks=5",
+    "eval.tasks=10",
+    "strategy=loop",
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under a folder, by relative path, except the log Hydra appends to."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "train.log"
+    }
+
+
+def test_failed_job_is_recorded_others_run_and_resume_reruns_only_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = run_cli("metalab-train", *SWEEP, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [job.name.split("_")[0] for job in jobs] == ["0", "1", "2", "3"]
+    assert "resume" not in jobs[0].name  # the job's directory does not depend on resume
+    statuses = [read_results(job)["status"] for job in jobs]
+    assert statuses == ["completed", "failed", "failed", "completed"]
+    error = read_results(jobs[1])["error"]
+    assert error.startswith("the meta-training loss is not finite at step 1")
+    refused = read_results(jobs[2])
+    assert refused["error_type"] == "ConfigError" and refused["error"] == (
+        "optimizer.lr=0: a learning rate must be positive (try 0.001)."
+    )
+    assert not (jobs[2] / "checkpoints").exists()  # refused before any data or training
+    assert out.returncode == 1  # the sweep ran to its end, and says something failed
+    assert (
+        f"metalab: error: 2 of 4 jobs did not complete:\n  {jobs[1].name}: failed ({error})\n"
+        f"  {jobs[2].name}: failed ({refused['error']})"
+    ) in out.stderr
+    assert f"re-run the same command with resume=true hydra.sweep.dir={sweep}" in out.stderr
+
+    # Without resume=true the sweep directory is refused as a whole, before Hydra writes in it.
+    before = {job.name: snapshot(job) for job in jobs} | {
+        "top": (sweep / "multirun.yaml").read_bytes()
+    }
+    out = run_cli("metalab-train", *SWEEP, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert out.returncode == 1
+    assert (
+        f"metalab: error: hydra.sweep.dir={sweep} already holds a sweep of 4 jobs and metalab "
+        "never overwrites one: add resume=true"
+    ) in out.stderr
+    assert {job.name: snapshot(job) for job in jobs} | {
+        "top": (sweep / "multirun.yaml").read_bytes()
+    } == before
+
+    # A job whose results.json is missing (killed mid-run) counts as unfinished.
+    (jobs[3] / "results.json").unlink()
+    unfinished = snapshot(jobs[3])
+    out = run_cli("metalab-train", *SWEEP, "resume=true", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert out.returncode == 1  # the two bad jobs fail again, and are the only ones reported
+    assert "2 of 4 jobs did not complete" in out.stderr
+    assert "already completed; skipped" in out.stdout
+    assert snapshot(jobs[0]) == before[jobs[0].name]  # completed: byte for byte, .hydra too
+    assert snapshot(jobs[1] / "attempt-1") == before[jobs[1].name]  # moved aside, never deleted
+    assert read_results(jobs[1])["status"] == "failed"
+    assert snapshot(jobs[2] / "attempt-1") == before[jobs[2].name]
+    assert snapshot(jobs[3] / "attempt-1") == unfinished
+    assert read_results(jobs[3])["status"] == "completed"  # the unfinished job ran again
+    assert (sweep / "multirun.attempt-1.yaml").read_bytes() == before["top"]
+    assert not any(sweep.rglob(".hydra-kept"))
