@@ -10,12 +10,13 @@ import os
 import pytest
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 
 from cli import read_results, run_cli
 from metalab.assembly import build_data, build_module, check_head
 from metalab.errors import ConfigError
 from metalab.evaluate import load_checkpoint, training_config
+from metalab.paths import config_dir
 from test_configs import compose_train
 
 pytestmark = [
@@ -145,11 +146,10 @@ def test_checkpoints_hold_what_each_method_meta_learns(jobs):
 
 def eval_config(run_dir, ways: int):
     """The checkpoint's config with metalab-eval's test-time overrides applied."""
-    ckpt = load_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
-    overrides = OmegaConf.create(
-        {"ways": ways, "shots": None, "queries": None, "data_root": None, "inner_steps": None,
-         "inner_lr": None, "strategy": None, "tasks": 4, "batch": 4}
-    )  # fmt: skip
+    path = str(run_dir / "checkpoints" / "last.ckpt")
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        overrides = compose("eval", [f"ckpt_path={path}", f"ways={ways}", "tasks=4", "batch=4"])
+    ckpt = load_checkpoint(path)
     return ckpt, training_config(ckpt, overrides)
 
 
