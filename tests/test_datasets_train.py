@@ -75,7 +75,7 @@ def test_tiny_training_run(data_root: Path, tmp_path: Path, algorithm: str, requ
     assert (in_shape, out_features) == ((3, side, side), int(cfg.dataset.ways))
     module = build_module(cfg, in_shape, out_features)
     before = [p.detach().clone() for p in module.parameters()]
-    trainer, checkpoint = make_trainer(cfg, tmp_path / "run", [], "val/acc", "max")
+    trainer, checkpoint, _ = make_trainer(cfg, tmp_path / "run", [], "val/acc", "max")
     trainer.fit(module, datamodule=data)
     trainer.test(module, datamodule=data, verbose=False)
     assert trainer.global_step == 2
