@@ -22,9 +22,12 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_hold_the_documented_options():
-    assert options("algorithm") == ["anil", "fomaml", "maml", "mamlpp", "metasgd", "reptile"]
+    assert options("algorithm") == [
+        "anil", "fomaml", "maml", "mamlpp", "matchingnet", "metalstm", "metasgd", "protonet",
+        "reptile", "siamese",
+    ]  # fmt: skip
     assert options("dataset") == ["cifar_fs", "fc100", "miniimagenet", "omniglot", "sinusoid"]
-    assert options("model") == ["conv4", "conv4_32", "mlp", "resnet12"]
+    assert options("model") == ["conv4", "conv4_32", "koch", "mlp", "resnet12"]
     assert options("trainer") == ["cpu", "gpu"]
     assert options("logger") == ["csv", "none", "wandb"]
     assert options("experiment") == [
@@ -37,10 +40,20 @@ def test_groups_hold_the_documented_options():
         "maml_sinusoid",
         "mamlpp_omniglot_20w1s",
         "mamlpp_omniglot_5w1s",
+        "matchingnet_omniglot_20w1s",
+        "matchingnet_omniglot_5w1s",
+        "metalstm_miniimagenet_5w1s",
+        "metalstm_omniglot_20w1s",
+        "metalstm_omniglot_5w1s",
         "metasgd_omniglot_20w1s",
         "metasgd_omniglot_5w1s",
+        "protonet_omniglot_20w1s",
+        "protonet_omniglot_5w1s",
         "reptile_omniglot_20w1s",
         "reptile_omniglot_5w1s",
+        "siamese_koch_omniglot",
+        "siamese_omniglot_20w1s",
+        "siamese_omniglot_5w1s",
     ]
 
 

@@ -28,14 +28,18 @@ TINY_RUN = [
     "trainer.val_check_interval=2",
     "trainer.enable_progress_bar=false",
     "algorithm.meta_batch=2",
-    "algorithm.inner_steps=1",
-    "algorithm.eval_inner_steps=1",
     "val.tasks=1",
     "eval.tasks=2",
     "eval.batch=2",
     "strategy=loop",
     "logger=none",
 ]
+# Only for algorithms with inner steps (the metric methods have none).
+INNER_STEPS = {
+    "inner_steps": "algorithm.inner_steps=1",
+    "eval_inner_steps": "algorithm.eval_inner_steps=1",
+}
+
 # Each data set with a different backbone, so every new model also trains end to end.
 SETUPS = {
     "miniimagenet": [
@@ -68,7 +72,9 @@ def test_tiny_training_run(data_root: Path, tmp_path: Path, algorithm: str, requ
     dataset = request.node.callspec.params["data_root"]
     overrides = [f"algorithm={algorithm}", f"dataset={dataset}", f"dataset.root={data_root}"]
     with initialize_config_dir(config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=overrides + SETUPS[dataset] + TINY_RUN)
+        keys = compose("train", overrides=[f"algorithm={algorithm}"]).algorithm
+        steps = [o for key, o in INNER_STEPS.items() if key in keys]
+        cfg = compose("train", overrides=overrides + SETUPS[dataset] + TINY_RUN + steps)
     torch.manual_seed(0)
     data, in_shape, out_features = build_data(cfg)
     side = int(cfg.dataset.image_size)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from metalab.algorithms import has_fixed_head
 from metalab.data.datamodule import EpisodeDataModule, build_sources
 from metalab.errors import ConfigError
 from metalab.module import MetaLearner
@@ -44,8 +45,11 @@ def check_device(cfg: DictConfig) -> None:
 
 
 def check_head(cfg: DictConfig) -> None:
-    """A linear head has one output per training way; it cannot score a different number."""
+    """A linear head has one output per training way; it cannot score a different number.
+    Metric methods (ProtoNets, Matching, Siamese) have no head and may test on other ways."""
     dataset = cfg.dataset
+    if not has_fixed_head(cfg.algorithm.name):
+        return
     if dataset.task == "classification" and dataset.test_ways != dataset.ways:
         raise ConfigError(
             f"dataset.test_ways={dataset.test_ways} differs from dataset.ways={dataset.ways}, but "
@@ -92,9 +96,11 @@ def protocol(cfg: DictConfig, split: str = "test") -> dict[str, Any]:
         )
     else:
         record.update(shots=dataset.test_shots, queries=dataset.test_queries)
+    # Metric methods have no inner steps; Meta-LSTM learns its rates (no inner_lr).
+    record["inner_steps"] = algorithm.get("eval_inner_steps", 0)
+    if algorithm.get("eval_inner_lr") is not None:
+        record["inner_lr"] = algorithm.eval_inner_lr
     record.update(
-        inner_steps=algorithm.eval_inner_steps,
-        inner_lr=algorithm.eval_inner_lr,
         tasks=cfg.eval.tasks,
         batch_norm=BATCH_NORM_MODE.get(cfg.model.get("norm", "none"), cfg.model.get("norm")),
     )

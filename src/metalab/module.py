@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from metalab.algorithms import build_algorithm
+from metalab.algorithms import build_algorithm, has_fixed_head
 from metalab.data.tasks import TaskBatch
 from metalab.errors import MetalabError
 from metalab.execution import build_strategy
@@ -37,7 +37,12 @@ class MetaLearner(pl.LightningModule):
         self.automatic_optimization = False
         self.cfg = OmegaConf.create(cfg)
         self.kind = TASK_KINDS[self.cfg.dataset.task]
-        self.model = build_model(self.cfg.model, tuple(in_shape), out_features)
+        self.model = build_model(
+            self.cfg.model,
+            tuple(in_shape),
+            out_features,
+            head=has_fixed_head(self.cfg.algorithm.name),
+        )
         self.memory_format = resolve_memory_format(
             str(self.cfg.get("memory_format", "auto")), str(self.cfg.trainer.accelerator)
         )

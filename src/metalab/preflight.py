@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig
 
-from metalab.algorithms import ALGORITHMS, build_algorithm
+from metalab.algorithms import ALGORITHMS, build_algorithm, has_fixed_head
 from metalab.assembly import check_device, check_head, check_positive
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop
@@ -238,7 +238,8 @@ def check_algorithm_settings(cfg: DictConfig) -> None:
     try:
         kind = TASK_KINDS[cfg.dataset.task]
         ways = int(cfg.dataset.ways) if cfg.dataset.task == "classification" else 1
-        model = build_model(cfg.model, example_shape(cfg), ways)
+        head = has_fixed_head(cfg.algorithm.name)  # metric methods: the model as they get it
+        model = build_model(cfg.model, example_shape(cfg), ways, head=head)
         build_algorithm(cfg.algorithm, InnerLoop(model, kind))
     except ConfigError:
         raise

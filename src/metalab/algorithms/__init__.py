@@ -15,8 +15,12 @@ from metalab.algorithms.anil import ANIL
 from metalab.algorithms.fomaml import FOMAML
 from metalab.algorithms.maml import MAML
 from metalab.algorithms.mamlpp import MAMLPlusPlus
+from metalab.algorithms.matchingnet import MatchingNet
+from metalab.algorithms.metalstm import MetaLSTM
 from metalab.algorithms.metasgd import MetaSGD
+from metalab.algorithms.protonet import ProtoNet
 from metalab.algorithms.reptile import Reptile
+from metalab.algorithms.siamese import Siamese
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop
 
@@ -27,17 +31,31 @@ ALGORITHMS = {
     "metasgd": MetaSGD,
     "mamlpp": MAMLPlusPlus,
     "reptile": Reptile,
+    "metalstm": MetaLSTM,
+    "matchingnet": MatchingNet,
+    "siamese": Siamese,
+    "protonet": ProtoNet,
 }
 NOT_ARGUMENTS = ("name", "meta_batch")
 
 
-def build_algorithm(cfg: Any, inner_loop: InnerLoop):
-    name = cfg.name
+def algorithm_class(name: str) -> type:
     if name not in ALGORITHMS:
         raise ConfigError(
             f"algorithm.name={name!r} is not known: choose one of {', '.join(sorted(ALGORITHMS))}."
         )
-    cls = ALGORITHMS[name]
+    return ALGORITHMS[name]
+
+
+def has_fixed_head(name: str) -> bool:
+    """Whether the algorithm's model ends in a linear head with one output per training way
+    (the MAML family, Meta-LSTM); metric methods (``fixed_head = False``) embed only."""
+    return getattr(algorithm_class(name), "fixed_head", True)
+
+
+def build_algorithm(cfg: Any, inner_loop: InnerLoop):
+    name = cfg.name
+    cls = algorithm_class(name)
     plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     kwargs = {k: v for k, v in plain.items() if k not in NOT_ARGUMENTS}
     accepted = _accepted(cls)

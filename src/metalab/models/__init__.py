@@ -8,12 +8,22 @@ from torch import nn
 
 from metalab.errors import ConfigError
 from metalab.models.conv4 import Conv4
+from metalab.models.embedding import without_head
+from metalab.models.koch import KochNet
 from metalab.models.mlp import MLP
 from metalab.models.resnet12 import ResNet12
 
 
-def build_model(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> nn.Module:
-    """Build the model for inputs of ``in_shape`` (one example) and ``out_features`` outputs."""
+def build_model(
+    cfg: Any, in_shape: tuple[int, ...], out_features: int, head: bool = True
+) -> nn.Module:
+    """Build the model for inputs of ``in_shape`` (one example) and ``out_features`` outputs;
+    ``head=False``: the same backbone without its linear head (``without_head``)."""
+    model = _build_with_head(cfg, in_shape, out_features)
+    return model if head else without_head(model, tuple(in_shape))
+
+
+def _build_with_head(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> nn.Module:
     if cfg.name == "mlp":
         if len(in_shape) != 1:
             raise ConfigError(
@@ -41,7 +51,10 @@ def build_model(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> nn.Mo
             dropblock=float(cfg.dropblock),
             dropblock_size=int(cfg.dropblock_size),
         )
-    raise ConfigError(f"model.name={cfg.name!r} is not known: choose mlp, conv4 or resnet12.")
+    if cfg.name == "koch":
+        _require_images(cfg.name, in_shape)
+        return KochNet(in_shape[0], out_features, image_size=in_shape[-1])
+    raise ConfigError(f"model.name={cfg.name!r} is not known: choose mlp, conv4, resnet12 or koch.")
 
 
 def _require_images(name: str, in_shape: tuple[int, ...]) -> None:
