@@ -78,7 +78,7 @@ def test_fixed_episodes_are_the_same_in_every_run():
         first[10]
 
 
-def test_training_stream_follows_the_seed_rank_and_resumes_exactly():
+def test_training_stream_follows_the_seed_splits_over_ranks_and_resumes_exactly():
     sampler = NWayKShot(IdentityPool(), 5, 1, 3)
 
     def ids(stream, n=3):
@@ -88,8 +88,15 @@ def test_training_stream_follows_the_seed_rank_and_resumes_exactly():
     base = ids(TrainEpisodes(sampler, 4, seed=0))
     assert base == ids(TrainEpisodes(sampler, 4, seed=0))
     assert base != ids(TrainEpisodes(sampler, 4, seed=1))
-    assert base != ids(TrainEpisodes(sampler, 4, seed=0, rank=1))
     assert base[1:] == ids(TrainEpisodes(sampler, 4, seed=0, start_batch=1), n=2)
+    # two ranks with half the meta-batch each draw exactly the one-process tasks, in order
+    rank0 = ids(TrainEpisodes(sampler, 4, seed=0, rank=0, world=2))
+    rank1 = ids(TrainEpisodes(sampler, 4, seed=0, rank=1, world=2))
+    half = len(base[0]) // 2
+    assert [a + b for a, b in zip(rank0, rank1, strict=True)] == base
+    assert rank0[0] == base[0][:half] and rank0 != rank1
+    with pytest.raises(ConfigError, match="multiple of 3"):
+        TrainEpisodes(sampler, 4, seed=0, rank=0, world=3)
 
 
 def test_sinusoid_tasks_follow_the_maml_paper():

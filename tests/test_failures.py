@@ -162,7 +162,8 @@ def test_a_signal_stops_cleanly_with_a_checkpoint_and_resume_continues(tmp_path,
     assert (
         f"metalab: interrupted by {signum.name} at step {step}, checkpoint "
         f"{run_dir / 'checkpoints' / 'interrupted.ckpt'} written; results.json says interrupted: "
-        "re-run the same command with resume=true"
+        "re-run the same command (same hydra.run.dir or hydra.sweep.dir) to continue from the "
+        "checkpoint (resume=auto, the default)"
     ) in stderr
     saved = load_checkpoint(run_dir / "checkpoints" / "interrupted.ckpt")
     assert saved["global_step"] == step > 0 and finite(saved["state_dict"])
@@ -176,7 +177,6 @@ def test_a_signal_stops_cleanly_with_a_checkpoint_and_resume_continues(tmp_path,
         "trainer.val_check_interval=2",
         "logger=csv",
         *QUICK,
-        "resume=true",
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
     )

@@ -185,6 +185,16 @@ def test_auto_skips_a_vmap_that_fits_one_task_per_chunk():
     assert auto.chosen is loop and set(auto.timings) == {"loop"}
 
 
+def test_auto_tries_vmap_for_an_mlp_but_not_for_convolutions_on_the_cpu():
+    """vmap wins for small MLPs on a CPU (sinusoid) and loses for Conv-4 at 3.6-5x memory."""
+    for case, tried in ((mlp_case, True), (conv_case, False)):
+        model, _, kind, batch, lr = case()
+        roomy = VmapStrategy(chunk=None, memory_budget_mib=1e9)
+        auto = AutoStrategy([LoopStrategy(), roomy], min_repeats=1, max_repeats=1)
+        metalab_meta_gradient(model, kind, batch, auto, 1, lr, False)
+        assert (roomy.name in auto.timings) is tried, case.__name__
+
+
 def test_hybrid_refuses_an_objective_that_is_not_adapt_then_score():
     """An algorithm that overrides meta_objective (MAML++'s multi-step loss) is opaque."""
 

@@ -4,11 +4,13 @@ and written when a run is interrupted (SIGINT/SIGTERM) so it can be resumed."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -100,3 +102,21 @@ class InterruptCheckpoint(Callback):
             self.step = trainer.global_step
             trainer.save_checkpoint(self.ckpt_path, weights_only=False)
             log.warning("%s: saved %s at step %d", self.signal, self.ckpt_path, self.step)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside it, then renames it into place: a
+    process killed mid-write (SIGKILL, a pre-emption, a full disk) leaves the previous
+    last.ckpt whole instead of a truncated one that resume could not read."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)

@@ -14,14 +14,19 @@ class DataError(MetalabError):
 
 
 class RunInterrupted(Exception):
-    """SIGINT or SIGTERM stopped a run; not a failure: ``resume=true`` continues it."""
+    """SIGINT or SIGTERM stopped a run; not a failure: the same command continues it."""
 
     def __init__(self, signal: str, step: int | None = None, checkpoint: str | None = None):
         self.signal, self.step, self.checkpoint = signal, step, checkpoint
         where = f" at step {step}" if step is not None else ""
         kept = f", checkpoint {checkpoint} written" if checkpoint else ""
+        how = (
+            "re-run the same command (same hydra.run.dir or hydra.sweep.dir) to continue from "
+            "the checkpoint (resume=auto, the default)"
+            if checkpoint
+            else "re-run the same command with resume=true (same hydra.run.dir or "
+            "hydra.sweep.dir) to run it again"
+        )
         super().__init__(
-            f"interrupted by {signal}{where}{kept}; results.json says interrupted: re-run the "
-            "same command with resume=true (and the same hydra.run.dir or hydra.sweep.dir) "
-            "to continue."
+            f"interrupted by {signal}{where}{kept}; results.json says interrupted: {how}."
         )

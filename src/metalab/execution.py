@@ -290,8 +290,20 @@ class AutoStrategy:
         def discard(loss: torch.Tensor) -> None:
             torch.autograd.grad(loss, leaves, allow_unused=True)
 
+        convolutional_on_cpu = not batch.support_x.is_cuda and any(
+            p.dim() >= 4 for p in params.values()
+        )
         for strategy in self.candidates:
             if isinstance(strategy, HybridStrategy) and split_objective(fn) is None:
+                continue
+            if (
+                isinstance(strategy, VmapStrategy)
+                and convolutional_on_cpu
+                and len(self.candidates) > 1
+            ):
+                # vmap of per-task convolutions measured 0.5x the loop at 3.6-5x its memory on
+                # a CPU (benchmarks/README.md); trying it would only raise auto's peak memory.
+                log.info("strategy=auto: skipping vmap for a convolutional model on the CPU")
                 continue
             if (
                 isinstance(strategy, VmapStrategy)
@@ -327,6 +339,26 @@ class AutoStrategy:
 
     def map(self, fn: TaskFn, params: Params, batch: TaskBatch) -> dict[str, torch.Tensor]:
         return (self.chosen or self.candidates[0]).map(fn, params, batch)
+
+    def state_dict(self) -> dict[str, object]:
+        """The choice, for checkpoints: a resumed run keeps it instead of timing again (a new
+        pick could differ in the last bits of the gradient from the uninterrupted run's)."""
+        if self.chosen is None:
+            return {}
+        return {
+            "chosen": self.candidates.index(self.chosen),
+            "chunk": getattr(self.chosen, "chunk", None),
+            "timings": dict(self.timings),
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        if not state:
+            return
+        self.chosen = self.candidates[int(state["chosen"])]
+        if isinstance(self.chosen, VmapStrategy):
+            self.chosen.chunk = state["chunk"]
+        self.timings = dict(state["timings"])
+        log.info("strategy=auto: kept the checkpoint's choice, %s", self.chosen.name)
 
 
 STRATEGIES = ("loop", "vmap", "hybrid", "auto")

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from metalab.algorithms import build_algorithm, has_fixed_head
 from metalab.data.tasks import TaskBatch
+from metalab.distributed import gather_tasks
 from metalab.errors import MetalabError
 from metalab.execution import build_strategy
 from metalab.inner_loop import InnerLoop
@@ -24,6 +25,7 @@ from metalab.models import build_model
 from metalab.models.layout import apply_memory_format, resolve_memory_format
 from metalab.numerics import NonFiniteLossError, non_finite_error
 from metalab.results import mean_and_ci95
+from metalab.rng import restore_rng_states, rng_states
 
 __all__ = ["MetaLearner", "NonFiniteLossError"]
 
@@ -55,8 +57,9 @@ class MetaLearner(pl.LightningModule):
             None if budget is None else float(budget),
             str(self.cfg.trainer.accelerator),
         )
-        self._test_values: list[torch.Tensor] = []
+        self._eval_values: list[dict[str, torch.Tensor]] = []
         self.test_summary: dict[str, Any] | None = None
+        self.train_batches = 0  # meta-batches trained on; checkpointed, so resume continues
 
     @property
     def metric(self) -> str:
@@ -91,6 +94,7 @@ class MetaLearner(pl.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
+        self.train_batches += 1
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log(f"train/{self.metric}", metrics.mean(), prog_bar=True, batch_size=len(batch))
 
@@ -100,34 +104,46 @@ class MetaLearner(pl.LightningModule):
         with torch.enable_grad():
             return self.strategy.map(self.algorithm.evaluate, params, batch)
 
+    def _eval_tasks(self, split: str) -> int:
+        """How many fixed tasks the split has over all ranks (the data module knows)."""
+        episodes = getattr(self.trainer.datamodule, f"{split}_episodes", None)
+        if episodes is None:  # loaders given directly: one process, nothing to gather
+            return sum(len(r["metric"]) for r in self._eval_values)
+        return len(episodes)
+
+    def _gathered(self, total: int) -> dict[str, torch.Tensor]:
+        """This epoch's per-task evaluation rows from every rank, each task once, in order."""
+        rows = self._eval_values
+        self._eval_values = []
+        return {key: gather_tasks(torch.cat([r[key] for r in rows]), total) for key in rows[0]}
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_values = []
+
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         out = self._evaluate(batch)
-        n = len(batch)
-        self.log("val/loss", out["loss"][:, -1].mean(), batch_size=n, sync_dist=True)
-        self.log(
-            f"val/{self.metric}",
-            out["metric"][:, -1].mean(),
-            batch_size=n,
-            prog_bar=True,
-            sync_dist=True,
-        )
+        self._eval_values.append({"loss": out["loss"][:, -1], "metric": out["metric"][:, -1]})
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._gathered(self._eval_tasks("val"))
+        # Already the mean over all ranks' tasks: the same number on every rank, no sync.
+        self.log("val/loss", values["loss"].mean())
+        self.log(f"val/{self.metric}", values["metric"].mean(), prog_bar=True)
 
     def on_test_epoch_start(self) -> None:
-        self._test_values = []
+        self._eval_values = []
 
     def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self._test_values.append(self._evaluate(batch)["metric"])
+        self._eval_values.append({"metric": self._evaluate(batch)["metric"]})
 
     def on_test_epoch_end(self) -> None:
-        values = torch.cat(self._test_values)
-        gathered = self.all_gather(values)
-        values = gathered.reshape(-1, values.shape[-1]) if gathered.dim() > 2 else gathered
+        values = self._gathered(self._eval_tasks("test"))["metric"]
         per_step = [mean_and_ci95(values[:, step]) for step in range(values.shape[1])]
         mean, ci = per_step[-1]
-        self.log(f"test/{self.metric}", mean, sync_dist=False)
-        self.log(f"test/{self.metric}_ci95", ci, sync_dist=False)
+        self.log(f"test/{self.metric}", mean)
+        self.log(f"test/{self.metric}_ci95", ci)
         for step, (m, _) in enumerate(per_step):
-            self.log(f"test/{self.metric}_step{step}", m, sync_dist=False)
+            self.log(f"test/{self.metric}_step{step}", m)
         self.test_summary = {
             "metric": self.metric,
             "mean": mean,
@@ -135,6 +151,26 @@ class MetaLearner(pl.LightningModule):
             "tasks": int(values.shape[0]),
             "per_step": [{"step": s, "mean": m, "ci95": c} for s, (m, c) in enumerate(per_step)],
         }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """What a resumed run needs beyond Lightning's own state (step, optimiser, scheduler):
+        where the episode stream stands, the RNG states, and auto's choice of strategy, so
+        that it continues exactly as an uninterrupted run would."""
+        checkpoint["metalab"] = {
+            "train_batches": self.train_batches,
+            "rng": rng_states(),
+            "strategy": self.strategy.state_dict() if hasattr(self.strategy, "state_dict") else {},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("metalab")
+        if state is None:  # a checkpoint from before metalab recorded its state
+            self.train_batches = int(checkpoint.get("global_step", 0))
+            return
+        self.train_batches = int(state["train_batches"])
+        restore_rng_states(state["rng"])
+        if hasattr(self.strategy, "load_state_dict"):
+            self.strategy.load_state_dict(state["strategy"])
 
     def configure_optimizers(self):
         opt_cfg = self.cfg.optimizer

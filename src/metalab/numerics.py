@@ -132,7 +132,10 @@ class InnerGradientMonitor(pl.Callback):
         norm = inner_gradient_norm(pl_module.algorithm, params, batch)
         if norm is None:
             return
-        pl_module.log("train/inner_grad_norm", norm, batch_size=len(batch))
+        # Straight to the loggers, at the step it was measured: self.log would repeat this
+        # value on every logged step until the next measurement, as if measured there.
+        for logger in trainer.loggers:
+            logger.log_metrics({"train/inner_grad_norm": norm}, step=trainer.global_step)
         if (norm > self.threshold or not math.isfinite(norm)) and not self.warned:
             self.warned = True
             log.warning(

@@ -1,11 +1,19 @@
 """Every job's ``results.json`` status, and the run/sweep directories that are never overwritten.
 
 A job ends ``completed``, ``failed`` (with the error) or ``interrupted`` (with the signal and
-the checkpoint written). ``RunGuard`` is a Hydra callback: it runs before Hydra writes
-``.hydra/`` into a directory, so an existing run or sweep is refused unless ``resume=true``,
-and with ``resume=true`` completed jobs are kept as they are while the files of failed,
-interrupted or unfinished ones are moved to ``attempt-N/`` (never deleted) and the job runs
-again. At the end of a sweep it lists the jobs that did not complete and exits non-zero.
+the checkpoint written); a killed job leaves no results.json. ``RunGuard`` is a Hydra
+callback: it runs before Hydra writes ``.hydra/`` into a directory, so an existing run or
+sweep is refused unless it is resumed. ``resume``:
+
+- ``auto`` (default): a directory whose unfinished job left a checkpoint (a crash, SIGKILL,
+  a pre-emption) is resumed from it; any other existing run or sweep is refused;
+- ``true``: completed jobs are kept, every other job runs again (from its checkpoint if it
+  has one, from scratch if it failed);
+- ``false``: an existing run or sweep is always refused;
+- a checkpoint path: a new run that continues from that checkpoint.
+
+Files of an earlier attempt are moved to ``attempt-N/``, never deleted. At the end of a sweep
+RunGuard lists the jobs that did not complete and exits non-zero.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from metalab.distributed import launched_rank
 from metalab.errors import ConfigError
 from metalab.results import write_json
 
@@ -65,12 +74,49 @@ def move_aside(run_dir: Path) -> Path:
     return target
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    """A single run's directory: new, or (resume=true) an earlier attempt that did not complete."""
+def resume_mode(value: Any) -> str:
+    """``resume`` as one of "auto", "true", "false" or "path" (a checkpoint to continue)."""
+    if isinstance(value, bool) or value is None:
+        return "true" if value else "false"
+    text = str(value).strip()
+    if text.lower() in ("auto", "true", "false"):
+        return text.lower()
+    if not text.endswith(".ckpt"):
+        raise ConfigError(
+            f"resume={value!r} is neither auto, true, false nor a checkpoint (.ckpt) path: "
+            "use one of those (e.g. resume=outputs/runs/.../checkpoints/last.ckpt)."
+        )
+    if not Path(text).is_file():
+        raise ConfigError(
+            f"resume={text}: no such checkpoint file. Give the path of a last.ckpt, best.ckpt "
+            "or interrupted.ckpt of an earlier run."
+        )
+    return "path"
+
+
+def resumable_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint an unfinished (interrupted or killed) job left, to continue from."""
+    if read_status(run_dir) not in (None, INTERRUPTED):
+        return None
+    for name in ("interrupted.ckpt", "last.ckpt"):
+        if (run_dir / "checkpoints" / name).is_file():
+            return run_dir / "checkpoints" / name
+    return None
+
+
+def prepare_run_dir(run_dir: Path, resume: Any) -> None:
+    """A single run's directory: new, or an earlier attempt that did not complete, resumed."""
     if not holds_a_run(run_dir):
         return
     status = read_status(run_dir)
-    if not resume:
+    mode = resume_mode(resume)
+    if mode == "auto":
+        if status != COMPLETED and resumable_checkpoint(run_dir) is not None:
+            log.info("resume=auto: %s holds an unfinished run with a checkpoint", run_dir)
+            mode = "true"
+        else:
+            mode = "false"
+    if mode == "false":
         what = f"a {status} run" if status else "files of an earlier run"
         raise ConfigError(
             f"{run_dir} already holds {what} and metalab never overwrites one: choose a new "
@@ -94,11 +140,19 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     )
 
 
-def prepare_sweep_dir(sweep_dir: Path, resume: bool) -> None:
+def prepare_sweep_dir(sweep_dir: Path, resume: Any) -> None:
     jobs = job_dirs(sweep_dir)
     if not jobs:
         return
-    if not resume:
+    mode = resume_mode(resume)
+    if mode == "auto":  # resume a sweep only when some job can continue from a checkpoint
+        mode = "true" if any(resumable_checkpoint(job) for job in jobs) else "false"
+    if mode == "path":
+        raise ConfigError(
+            "resume=<checkpoint> continues one run, not a sweep: use resume=true (or auto) "
+            f"with hydra.sweep.dir={sweep_dir}."
+        )
+    if mode == "false":
         raise ConfigError(
             f"hydra.sweep.dir={sweep_dir} already holds a sweep of {len(jobs)} jobs and metalab "
             "never overwrites one: add resume=true to finish it (completed jobs are skipped), "
@@ -152,7 +206,9 @@ class RunGuard(Callback):
 
         try:
             check_config(config)
-            prepare_run_dir(Path(config.hydra.run.dir), bool(config.get("resume", False)))
+            if launched_rank() > 0:
+                return  # a DDP process Lightning started: rank 0 prepared the directory
+            prepare_run_dir(Path(config.hydra.run.dir), config.get("resume", "auto"))
         except ConfigError as error:
             raise SystemExit(f"metalab: error: {error}") from None
 
@@ -160,7 +216,7 @@ class RunGuard(Callback):
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower():
             return  # an Optuna study resumes from its own storage (its trials are new jobs)
         try:
-            prepare_sweep_dir(Path(config.hydra.sweep.dir), bool(config.get("resume", False)))
+            prepare_sweep_dir(Path(config.hydra.sweep.dir), config.get("resume", "auto"))
         except ConfigError as error:
             raise SystemExit(f"metalab: error: {error}") from None
 

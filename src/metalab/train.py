@@ -11,6 +11,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import shutil
 import signal
 import sys
 import time
@@ -25,15 +27,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.strategies import DDPStrategy
 
 import metalab
 from metalab.assembly import build_data, build_module, protocol
 from metalab.checkpoints import (
+    AtomicCheckpointIO,
     InterruptCheckpoint,
     check_same_setup,
     checkpoint_config,
     load_checkpoint,
 )
+from metalab.distributed import launched_rank
 from metalab.errors import ConfigError, MetalabError, RunInterrupted
 from metalab.loggers import build_loggers, finish_wandb
 from metalab.numerics import InnerGradientMonitor
@@ -41,7 +46,15 @@ from metalab.paths import config_dir
 from metalab.preflight import check_config, check_overrides
 from metalab.report import print_test_summary
 from metalab.results import git_commit, write_json
-from metalab.run_status import COMPLETED, FAILED, INTERRUPTED, read_status, write_outcome
+from metalab.run_status import (
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    read_status,
+    resumable_checkpoint,
+    resume_mode,
+    write_outcome,
+)
 
 log = logging.getLogger("metalab")
 
@@ -73,24 +86,48 @@ def sweep_group() -> str | None:
     return Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
+def make_strategy(t: DictConfig) -> str | DDPStrategy:
+    """``trainer.strategy``: auto (one process) or ddp (one process per device)."""
+    name = str(t.get("strategy", "auto"))
+    if name == "auto":
+        return "auto"
+    if name != "ddp":
+        raise ConfigError(
+            f"trainer.strategy={name!r} is not known: choose auto (one process) or ddp "
+            "(trainer=ddp for GPUs, trainer=ddp_cpu for CPU processes)."
+        )
+    return DDPStrategy(
+        process_group_backend=t.get("process_group_backend"),
+        find_unused_parameters=bool(t.get("find_unused_parameters", True)),
+    )
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, monitor: str, mode: str):
-    checkpoint = ModelCheckpoint(
+    t = cfg.trainer
+    checkpoint = ModelCheckpoint(  # best.ckpt, by the validation metric
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor=monitor,
         mode=mode,
-        save_last=True,
         auto_insert_metric_name=False,
+    )
+    every = t.get("checkpoint_every_n_steps")
+    latest = ModelCheckpoint(  # last.ckpt, what resume=auto continues from
+        dirpath=run_dir / "checkpoints",
+        filename="last",
+        every_n_train_steps=int(every) if every else None,  # else at every validation
+        enable_version_counter=False,
     )
     interrupt = InterruptCheckpoint(run_dir / "checkpoints")
     numerics = cfg.numerics
     inner_gradient = InnerGradientMonitor(
         int(numerics.inner_grad_every_n_steps), float(numerics.inner_grad_warn)
     )
-    t = cfg.trainer
+    callbacks = [checkpoint, latest, interrupt, inner_gradient]
     trainer = pl.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
+        strategy=make_strategy(t),
         precision=t.precision,
         max_steps=int(t.max_steps),
         max_time=t.get("max_time"),
@@ -99,11 +136,13 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, monitor: str, mo
         log_every_n_steps=int(t.log_every_n_steps),
         enable_progress_bar=bool(t.enable_progress_bar),
         logger=loggers or False,
-        callbacks=[checkpoint, interrupt, inner_gradient],
+        callbacks=callbacks,
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
         enable_model_summary=False,
         inference_mode=False,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # the data module shards tasks itself, without padding
     )
     return trainer, checkpoint, interrupt
 
@@ -137,30 +176,74 @@ def _sigterm_outside_lightning(signum, frame) -> None:
 
 
 def interrupted_checkpoint(run_dir: Path) -> Path | None:
-    """With resume=true, the checkpoint of the newest interrupted earlier attempt; None when a
-    newer attempt trained further (its failure stands) or none was interrupted."""
+    """The checkpoint of the newest earlier attempt if it was interrupted or killed; None when
+    that attempt failed (its failure stands: it runs again from scratch) or kept none."""
     attempts = sorted(
         run_dir.glob("attempt-*"), key=lambda p: int(p.name.split("-")[1]), reverse=True
     )
     for attempt in attempts:
-        kept = [attempt / "checkpoints" / n for n in ("interrupted.ckpt", "last.ckpt")]
-        kept = [p for p in kept if p.is_file()]
-        if read_status(attempt) == INTERRUPTED and kept:
-            return kept[0]
-        if kept:
+        found = resumable_checkpoint(attempt)
+        if found is not None:
+            return found
+        if (attempt / "checkpoints").is_dir():
             return None
     return None
 
 
+def carry_checkpoints_over(resume_from: Path, run_dir: Path) -> None:
+    """Copies of an earlier attempt's best/last checkpoints where the restored checkpoint
+    callback expects them (its best may stay the best); the originals stay in attempt-N/."""
+    source = resume_from.parent
+    if source == run_dir / "checkpoints" or not source.is_dir():
+        return
+    target = run_dir / "checkpoints"
+    target.mkdir(parents=True, exist_ok=True)
+    for kept in source.glob("*.ckpt"):
+        if kept.name != "interrupted.ckpt":
+            shutil.copy2(kept, target / kept.name)
+
+
+RESUME_FROM_ENV = "METALAB_RESUME_FROM"  # rank 0's choice, inherited by the DDP processes
+
+
+def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """Where this run continues from, by ``resume`` (see ``metalab.run_status``)."""
+    if launched_rank() > 0:
+        return Path(os.environ[RESUME_FROM_ENV]) if os.environ.get(RESUME_FROM_ENV) else None
+    mode = resume_mode(cfg.get("resume", "auto"))
+    if mode == "path":
+        return Path(str(cfg.resume))
+    return interrupted_checkpoint(run_dir) if mode in ("true", "auto") else None
+
+
+def refuse_ddp_in_local_sweeps(cfg: DictConfig, multirun: bool) -> None:
+    """Lightning starts DDP processes by re-running the command line, which in a sweep would
+    start the whole sweep again; under SLURM, srun starts them instead."""
+    ddp = str(cfg.trainer.get("strategy", "auto")) == "ddp" and int(cfg.trainer.devices) > 1
+    if multirun and ddp and "SLURM_JOB_ID" not in os.environ:
+        raise ConfigError(
+            f"trainer.strategy=ddp with trainer.devices={cfg.trainer.devices} cannot run inside a "
+            "local sweep (-m): Lightning would start each rank by re-running the whole sweep. "
+            "Run each configuration without -m, or sweep with hydra/launcher=slurm, where srun "
+            "starts the ranks (set hydra.launcher.tasks_per_node to trainer.devices)."
+        )
+
+
 def train(cfg: DictConfig, run_dir: Path) -> float | None:
-    guard_run_dir(run_dir)
+    rank_zero = launched_rank() == 0
+    if rank_zero:
+        guard_run_dir(run_dir)
     check_config(cfg)
-    resume_from = interrupted_checkpoint(run_dir) if cfg.resume else None
+    refuse_ddp_in_local_sweeps(cfg, sweep_group() is not None)
+    resume_from = checkpoint_to_resume(cfg, run_dir)
     if resume_from is not None:
         check_same_setup(
             checkpoint_config(load_checkpoint(resume_from), resume_from), cfg, resume_from
         )
-        log.info("resume=true: continuing from %s", resume_from)
+        log.info("resume=%s: continuing from %s", cfg.get("resume", "auto"), resume_from)
+        if rank_zero:
+            carry_checkpoints_over(resume_from, run_dir)
+    os.environ[RESUME_FROM_ENV] = str(resume_from or "")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     data, in_shape, out_features = build_data(cfg)
     module = build_module(cfg, in_shape, out_features)
@@ -187,6 +270,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         )
     summary = module.test_summary
     val_best = checkpoint.best_model_score
+    if not trainer.is_global_zero:  # every rank holds the gathered metrics; rank 0 writes them
+        return _float(val_best)
     results: dict[str, Any] = {
         "status": COMPLETED,
         "metrics": {f"test/{metric}": summary, f"val/{metric}_best": _float(val_best)},
@@ -250,9 +335,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    if multirun and cfg.resume and read_status(run_dir) == COMPLETED:
-        log.info("resume=true: %s already completed; skipped", run_dir.name)
+    resuming = resume_mode(cfg.get("resume", "auto")) != "false"
+    if multirun and resuming and read_status(run_dir) == COMPLETED:
+        log.info("resume: %s already completed; skipped", run_dir.name)
         return _completed_value(run_dir)
+    if launched_rank() > 0:  # a DDP process Lightning started: rank 0 records the outcome
+        return train(cfg, run_dir)
     failed = True
     previous = signal.signal(signal.SIGTERM, _sigterm_outside_lightning)
     try:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 
 from metalab.algorithms.maml import MAML
+from metalab.data.episodes import derive_seed
 from metalab.data.tasks import TaskBatch
-from metalab.distributed import average_gradients
+from metalab.distributed import average_gradients, rank_and_world
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params
 
@@ -90,9 +91,10 @@ class Reptile(MAML):
         self.inner_batch, self.transductive = inner_batch, transductive
         self.outer_step_size, self.anneal = outer_step_size, anneal
         self.epsilon = outer_step_size
-        self.generator = torch.Generator().manual_seed(shuffle_seed)
+        self.shuffle_seed, self.step = shuffle_seed, 0
 
     def on_outer_step(self, step: int, total_steps: int) -> None:
+        self.step = step
         if self.anneal == "linear":
             self.epsilon = self.outer_step_size * max(0.0, 1.0 - step / max(1, total_steps))
 
@@ -109,15 +111,21 @@ class Reptile(MAML):
         return lambda p, x, y, index: self.inner_loop.step(p, x, y, lr, first_order=True)
 
     def minibatch_order(self, tasks: int, examples: int) -> torch.Tensor:
-        """Per task, ``inner_steps * inner_batch`` example indices: shuffled passes, cycled."""
+        """Per task, ``inner_steps * inner_batch`` example indices: shuffled passes, cycled.
+
+        Drawn from (shuffle_seed, outer step) for the whole meta-batch of all ranks, of which
+        this rank takes its slice: N devices and a resumed run shuffle as one process would.
+        """
+        rank, world = rank_and_world()
+        generator = torch.Generator().manual_seed(derive_seed(self.shuffle_seed, self.step))
         need = self.inner_steps * self.inner_batch
         rows = []
-        for _ in range(tasks):
-            passes = [torch.randperm(examples, generator=self.generator)]
+        for _ in range(tasks * world):
+            passes = [torch.randperm(examples, generator=generator)]
             while sum(len(p) for p in passes) < need:
-                passes.append(torch.randperm(examples, generator=self.generator))
+                passes.append(torch.randperm(examples, generator=generator))
             rows.append(torch.cat(passes)[:need])
-        return torch.stack(rows)
+        return torch.stack(rows[rank * tasks : (rank + 1) * tasks])
 
     def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
         """``inner_steps`` steps; step i uses the i-th slice of ``inner_batch`` examples of x."""

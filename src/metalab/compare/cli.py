@@ -29,13 +29,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "over seeds, and set the result beside published numbers.",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="run or sweep directories")
-    parser.add_argument("--out", type=Path, default=Path("comparison"),
-                        help="where to write the report (default: ./comparison)")
-    parser.add_argument("--by", nargs="+", default=None, metavar="KEY",
-                        help="group by these config keys (e.g. algorithm.name) instead of "
-                        "by every key that differs")
-    parser.add_argument("--ignore", nargs="+", default=[], metavar="KEY",
-                        help="config keys that should not split groups")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("comparison"),
+        help="where to write the report (default: ./comparison)",
+    )
+    parser.add_argument(
+        "--by",
+        nargs="+",
+        default=None,
+        metavar="KEY",
+        help="group by these config keys (e.g. algorithm.name) instead of "
+        "by every key that differs",
+    )
+    parser.add_argument(
+        "--ignore",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="config keys that should not split groups",
+    )
     return parser.parse_args(argv)
 
 

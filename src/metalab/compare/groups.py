@@ -86,8 +86,7 @@ def differing_keys(runs: list[Run], extra_ignored: tuple[str, ...] = ()) -> list
     return [
         key
         for key in keys
-        if not ignored(key, extra_ignored)
-        and len({repr(run.config.get(key)) for run in runs}) > 1
+        if not ignored(key, extra_ignored) and len({repr(run.config.get(key)) for run in runs}) > 1
     ]
 
 

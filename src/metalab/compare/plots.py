@@ -26,9 +26,9 @@ def plot_validation_curves(rows: list[Row], path: Path) -> bool:
             steps = sorted(set().union(*curves)) if curves else []
             if not steps:
                 continue
-            values = np.array(
-                [[c.get(s, np.nan) for s in steps] for c in curves], dtype=float
-            ) * factor
+            values = (
+                np.array([[c.get(s, np.nan) for s in steps] for c in curves], dtype=float) * factor
+            )
             mean = np.nanmean(values, axis=0)
             line = ax.plot(steps, mean, marker="o", ms=3, label=row.group.label)[0]
             if len(curves) > 1:
@@ -65,8 +65,15 @@ def plot_test_vs_published(rows: list[Row], path: Path) -> None:
     if not np.all(np.isnan(pubs)):
         ax.bar(x + 0.2, pubs, 0.4, yerr=pub_err, capsize=4, color="tab:gray", label="published")
     for i, published in enumerate(context, start=len(labels)):
-        ax.bar(i, published.mean, 0.4, yerr=published.ci95 or 0.0, capsize=4,
-               color="lightgray", hatch="//")
+        ax.bar(
+            i,
+            published.mean,
+            0.4,
+            yerr=published.ci95 or 0.0,
+            capsize=4,
+            color="lightgray",
+            hatch="//",
+        )
         labels.append(f"{published.method}\n(published)")
     ax.set_xticks(np.arange(len(labels)), labels, rotation=20, ha="right", fontsize=7)
     ax.set_ylabel(f"test {rows[0].metric}" + (" %" if rows[0].metric == "acc" else ""))
@@ -89,7 +96,8 @@ def contextual(rows: list[Row]):
         for row in rows
         if row.group.runs[0].config.get("dataset.name") == "omniglot"
     }
-    if len(settings) != 1 or any(r.group.runs[0].config.get("dataset.name") != "omniglot"
-                                  for r in rows):
+    if len(settings) != 1 or any(
+        r.group.runs[0].config.get("dataset.name") != "omniglot" for r in rows
+    ):
         return []
     return CONTEXT.get(next(iter(settings)), [])

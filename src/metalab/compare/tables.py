@@ -32,8 +32,9 @@ def display_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     cells = []
     for row in rows:
         p = row.published
-        runs = f"{len(row.group.runs)}" + (f" (+{len(row.group.failed)} failed)"
-                                           if row.group.failed else "")
+        runs = f"{len(row.group.runs)}" + (
+            f" (+{len(row.group.failed)} failed)" if row.group.failed else ""
+        )
         cells.append(
             [
                 row.group.label,
@@ -85,9 +86,18 @@ def write_runs_csv(rows: list[Row], failed_elsewhere: list, path: Path) -> None:
         for row in rows:
             for run in [*row.group.runs, *row.group.failed]:
                 writer.writerow(
-                    [row.group.label, run.status, run.config.get("seed"), run.test_mean,
-                     run.test_ci95, run.val_best, run.error or "", run.path]
+                    [
+                        row.group.label,
+                        run.status,
+                        run.config.get("seed"),
+                        run.test_mean,
+                        run.test_ci95,
+                        run.val_best,
+                        run.error or "",
+                        run.path,
+                    ]
                 )
         for run in failed_elsewhere:
-            writer.writerow(["", run.status, run.config.get("seed"), "", "", "",
-                             run.error or "", run.path])
+            writer.writerow(
+                ["", run.status, run.config.get("seed"), "", "", "", run.error or "", run.path]
+            )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from metalab.data.augment import AugmentedTasks
 from metalab.data.episodes import (
@@ -98,11 +98,33 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.train_episodes = TrainEpisodes(sources["train"], meta_batch, seed)
         self.val_episodes = FixedEpisodes(sources["val"], val_tasks, VAL_STREAM)
         self.test_episodes = FixedEpisodes(sources["test"], test_tasks, TEST_STREAM)
+        self.rank, self.world = 0, 1
+
+    def setup(self, stage: str) -> None:
+        """Under DDP each rank draws its share of every meta-batch and of the fixed tasks."""
+        trainer = self.trainer
+        if trainer is None:
+            return
+        self.rank, self.world = int(trainer.global_rank), int(trainer.world_size)
+        if stage == "fit":
+            self.train_episodes = TrainEpisodes(
+                self.sources["train"], self.meta_batch, self.seed, self.rank, self.world
+            )
 
     def _fixed(self, episodes: FixedEpisodes) -> DataLoader:
-        return DataLoader(episodes, batch_size=self.eval_batch, collate_fn=TaskBatch.stack)
+        """Rank r evaluates tasks r, r + world, ...: each task once, none padded in (the
+        module gathers them back in order; see ``distributed.gather_tasks``)."""
+        shard = (
+            episodes
+            if self.world == 1
+            else Subset(episodes, range(self.rank, len(episodes), self.world))
+        )
+        return DataLoader(shard, batch_size=self.eval_batch, collate_fn=TaskBatch.stack)
 
     def train_dataloader(self) -> DataLoader:
+        """Starts at the batch after the last one trained (a resumed run continues the stream)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        self.train_episodes.start_batch = int(getattr(module, "train_batches", 0))
         return DataLoader(self.train_episodes, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:

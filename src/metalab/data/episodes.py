@@ -84,25 +84,48 @@ TRAIN_STREAM, VAL_STREAM, TEST_STREAM = 0, 1, 2
 
 
 class TrainEpisodes(IterableDataset):
-    """An endless stream of meta-batches; batch ``i`` depends only on (seed, rank, i).
+    """An endless stream of meta-batches; task ``j`` of batch ``i`` depends only on (seed, i, j).
 
-    Because each batch has its own seed, a resumed run (``start_batch``) sees exactly the
-    stream an uninterrupted run would have seen, and each rank draws different tasks.
+    ``meta_batch`` is the global meta-batch: of ``world`` ranks, rank ``r`` yields tasks
+    ``r * meta_batch / world`` up to the next rank's first. So every rank draws different tasks,
+    N ranks together draw exactly the tasks one process would, and a resumed run
+    (``start_batch``) sees the stream an uninterrupted run would have seen.
     """
 
     def __init__(
-        self, source: TaskSource, meta_batch: int, seed: int, rank: int = 0, start_batch: int = 0
+        self,
+        source: TaskSource,
+        meta_batch: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        start_batch: int = 0,
     ) -> None:
         if meta_batch < 1:
             raise ConfigError(f"meta_batch={meta_batch}: set algorithm.meta_batch to at least 1.")
+        if meta_batch % world:
+            raise ConfigError(
+                f"algorithm.meta_batch={meta_batch} cannot be split evenly over {world} devices: "
+                f"choose a multiple of {world} (each device then runs meta_batch / {world} tasks "
+                "per step), or change trainer.devices."
+            )
         self.source, self.meta_batch, self.seed = source, meta_batch, seed
-        self.rank, self.start_batch = rank, start_batch
+        self.rank, self.world, self.start_batch = rank, world, start_batch
+
+    @property
+    def local_tasks(self) -> range:
+        """Which tasks of each global meta-batch this rank draws."""
+        per_rank = self.meta_batch // self.world
+        return range(self.rank * per_rank, (self.rank + 1) * per_rank)
 
     def batch(self, index: int) -> TaskBatch:
-        generator = torch.Generator().manual_seed(
-            derive_seed(self.seed, TRAIN_STREAM, self.rank, index)
-        )
-        return TaskBatch.stack([self.source.sample(generator) for _ in range(self.meta_batch)])
+        tasks = []
+        for task in self.local_tasks:
+            generator = torch.Generator().manual_seed(
+                derive_seed(self.seed, TRAIN_STREAM, index, task)
+            )
+            tasks.append(self.source.sample(generator))
+        return TaskBatch.stack(tasks)
 
     def __iter__(self) -> Iterator[TaskBatch]:
         index = self.start_batch

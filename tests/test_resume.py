@@ -1,0 +1,117 @@
+"""A run killed with SIGKILL continues with the same command (resume=auto) and ends exactly where
+an uninterrupted run ends; two runs with the same seed write identical metrics.csv."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cli import cli_argv, cli_env, read_results, run_cli
+from metalab.checkpoints import load_checkpoint
+
+# Sinusoid MAML with a checkpoint every 20 steps: long enough (~10 s) to be killed part-way,
+# with Adam, a cosine schedule and the episode stream all to be restored.
+STEPS = 200
+RUN = [
+    f"trainer.max_steps={STEPS}",
+    "trainer.val_check_interval=50",
+    "trainer.checkpoint_every_n_steps=20",
+    "trainer.log_every_n_steps=5",
+    "trainer.enable_progress_bar=false",
+    "optimizer.scheduler=cosine",
+    "algorithm.meta_batch=5",
+    "val.tasks=10",
+    "eval.tasks=20",
+    "strategy=loop",
+    "logger=csv",
+]
+
+
+def train(run_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
+    out = run_cli("metalab-train", *RUN, f"hydra.run.dir={run_dir}", cwd=cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def metrics_csv(run_dir: Path) -> Path:
+    return run_dir / "metrics.csv"
+
+
+def rows(path: Path) -> dict[int, dict[str, str]]:
+    """metrics.csv as {step: the row's non-empty training/validation values}."""
+    table: dict[int, dict[str, str]] = {}
+    for row in csv.DictReader(path.read_text().splitlines()):
+        values = {k: v for k, v in row.items() if v and k.split("/")[0] in ("train", "val")}
+        if values:
+            table.setdefault(int(row["step"]), {}).update(values)
+    return table
+
+
+def comparable(results: dict) -> dict:
+    """What a run computed, without where and when it ran."""
+    return {"metrics": results["metrics"], "steps": results["train"]["steps"]}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    where = tmp_path_factory.mktemp("uninterrupted")
+    train(where / "run", where)
+    return where / "run"
+
+
+def test_two_runs_with_the_same_seed_write_identical_metrics(uninterrupted, tmp_path):
+    train(tmp_path / "again", tmp_path)
+    first, second = metrics_csv(uninterrupted), metrics_csv(tmp_path / "again")
+    assert len(first.read_text().splitlines()) > 40  # a training curve, not one line
+    assert first.read_bytes() == second.read_bytes()
+    assert comparable(read_results(uninterrupted)) == comparable(read_results(tmp_path / "again"))
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_matches_the_uninterrupted_run(
+    uninterrupted, tmp_path
+):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [*cli_argv("metalab-train"), *RUN, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 600
+    while not last.is_file() and time.time() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not (run_dir / "results.json").exists()  # killed: nothing recorded how it ended
+    before = snapshot(run_dir)
+    killed_at = load_checkpoint(last)["global_step"]
+    assert 0 < killed_at < STEPS
+
+    train(run_dir, tmp_path)  # the same command: resume=auto
+    resumed = read_results(run_dir)
+    assert resumed["status"] == "completed"
+    assert resumed["resumed_from"] == str(run_dir / "attempt-1" / "checkpoints" / "last.ckpt")
+    log = (run_dir / "train.log").read_text()
+    assert f"resume=auto: continuing from {run_dir / 'attempt-1/checkpoints/last.ckpt'}" in log
+    assert comparable(resumed) == comparable(read_results(uninterrupted))
+    # the resumed curve is the uninterrupted one from the checkpoint on
+    full, tail = rows(metrics_csv(uninterrupted)), rows(metrics_csv(run_dir))
+    assert min(tail) > killed_at and max(tail) == max(full) == STEPS - 1
+    differ = {step: (tail[step], full[step]) for step in tail if tail[step] != full[step]}
+    assert not differ
+    # nothing from before the kill is lost: it is all in attempt-1/, byte for byte
+    assert snapshot(run_dir / "attempt-1") == before
