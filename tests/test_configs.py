@@ -28,7 +28,7 @@ def test_groups_hold_the_documented_options():
     ]  # fmt: skip
     assert options("dataset") == ["cifar_fs", "fc100", "miniimagenet", "omniglot", "sinusoid"]
     assert options("model") == ["conv4", "conv4_32", "koch", "mlp", "resnet12"]
-    assert options("trainer") == ["cpu", "gpu"]
+    assert options("trainer") == ["cpu", "ddp", "ddp_cpu", "gpu"]
     assert options("logger") == ["csv", "none", "wandb"]
     assert options("experiment") == [
         "anil_omniglot_20w1s",

@@ -14,7 +14,9 @@ from hydra import compose, initialize_config_dir
 from cli import read_results, train_run
 from metalab.assembly import build_data, build_module
 from metalab.checkpoints import load_checkpoint
+from metalab.errors import ConfigError
 from metalab.paths import config_dir
+from metalab.preflight import check_config
 
 pytestmark = [
     pytest.mark.data,
@@ -101,17 +103,8 @@ def test_two_processes_take_the_one_process_step(algorithm, tmp_path, one_thread
     assert not list(run_dir.glob("*/results.json"))  # rank 1 wrote none of its own
 
 
-def test_a_meta_batch_that_does_not_split_over_the_devices_is_refused(tmp_path):
-    from cli import run_cli
-
-    out = run_cli(
-        "metalab-train",
-        *ONE_STEP,
-        "algorithm=fomaml",
-        "algorithm.meta_batch=5",
-        "trainer=ddp_cpu",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path,
-    )
-    assert out.returncode != 0
-    assert "algorithm.meta_batch=5 cannot be split evenly over 2 devices" in out.stderr
+def test_a_meta_batch_that_does_not_split_over_the_devices_is_refused_before_any_rank_starts():
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[*ONE_STEP, "algorithm.meta_batch=5", "trainer=ddp_cpu"])
+    with pytest.raises(ConfigError, match="algorithm.meta_batch=5 cannot be split evenly over 2"):
+        check_config(cfg)

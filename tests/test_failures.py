@@ -93,6 +93,16 @@ def test_nan_in_the_inner_loop_names_the_inner_step_and_the_inner_learning_rate(
     )
 
 
+class MetricsRecorder:
+    """A stand-in logger: what ``log_metrics`` received."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, dict]] = []
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.rows.append((step, metrics))
+
+
 @NO_TRAINER
 def test_an_exploding_inner_gradient_is_reported(caplog):
     module, batch = tiny_module_and_batch("algorithm.inner_lr=0.01")
@@ -100,10 +110,13 @@ def test_an_exploding_inner_gradient_is_reported(caplog):
         for p in module.model.parameters():
             p.mul_(1e3)  # a meta-update that went too far
     monitor = InnerGradientMonitor(every_n_steps=1, threshold=1e3)
-    trainer = type("T", (), {"global_step": 7})()
+    logged = MetricsRecorder()
+    trainer = type("T", (), {"global_step": 7, "loggers": [logged]})()
     with caplog.at_level(logging.WARNING, logger="metalab"):
         monitor.on_train_batch_start(trainer, module, batch, 0)
         monitor.on_train_batch_start(trainer, module, batch, 1)
+    (step, metrics), _ = logged.rows  # logged at the step it was measured, each time
+    assert step == 7 and metrics["train/inner_grad_norm"] > 1e3
     warnings = [r.getMessage() for r in caplog.records if "inner gradient norm" in r.getMessage()]
     assert len(warnings) == 1  # once, not every step
     assert "at step 7 (warning threshold numerics.inner_grad_warn=1000)" in warnings[0]
@@ -115,7 +128,8 @@ def test_a_normal_inner_gradient_is_not_reported(caplog):
     module, batch = tiny_module_and_batch()
     monitor = InnerGradientMonitor(every_n_steps=1, threshold=1e3)
     with caplog.at_level(logging.WARNING, logger="metalab"):
-        monitor.on_train_batch_start(type("T", (), {"global_step": 0})(), module, batch, 0)
+        trainer = type("T", (), {"global_step": 0, "loggers": []})()
+        monitor.on_train_batch_start(trainer, module, batch, 0)
     assert not caplog.records
 
 

@@ -1,7 +1,8 @@
-"""A 4-job sweep (2 algorithms x 2 seeds) with the joblib launcher, made once: one W&B run
-per job with its group, name, tags and saved id; a job re-run in its directory continues its
-W&B run; metalab-compare reports the sweep with the runs' own numbers, as PNGs and as an
-HTML page that headless Chromium renders."""
+"""A 4-job sweep (2 algorithms x 2 seeds) with the joblib launcher, made once: one job
+directory named by its overrides and one finished W&B run per job, with its group, name, tags
+and saved id; a job re-run in its directory continues its W&B run; metalab-compare reports
+the sweep with the runs' own numbers, as PNGs and as an HTML page that headless Chromium
+renders."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from cli import read_results, run_cli, wandb_run_record
+from cli import read_results, run_cli, wandb_run_record, wandb_summary
 
 TINY = [
     "trainer.max_steps=6",
@@ -66,8 +67,16 @@ def test_every_job_has_its_own_named_grouped_wandb_run(sweep):
         assert run["run_id"] == (job / "wandb_run_id").read_text().strip()
         logged = run["config"]["update"]  # the job's resolved config, as W&B stored it
         assert logged["seed"] == config["seed"] and logged["algorithm"] == config["algorithm"]
+        assert config["algorithm"]["first_order"] == (config["algorithm"]["name"] == "fomaml")
         ids.add(run["run_id"])
     assert len(ids) == 4
+    assert {
+        (read_results(j)["config"]["algorithm"]["name"], read_results(j)["config"]["seed"])
+        for j in found
+    } == {("maml", 0), ("maml", 1), ("fomaml", 0), ("fomaml", 1)}
+    summary = wandb_summary(found[0])  # read the documented way: `wandb leet inspect`
+    assert summary["state"] == "finished"
+    assert summary["config"]["seed"] == read_results(found[0])["config"]["seed"]
 
 
 def test_a_job_run_again_in_its_directory_continues_its_wandb_run(sweep, tmp_path):

@@ -17,14 +17,13 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-import metalab
 from metalab.assembly import build_data, build_module, check_head, protocol
 from metalab.checkpoints import checkpoint_config, load_checkpoint, load_weights
 from metalab.errors import ConfigError, MetalabError
 from metalab.paths import config_dir
 from metalab.preflight import check_episode_sizes, check_overrides
 from metalab.report import print_test_summary
-from metalab.results import git_commit, write_json
+from metalab.results import completed_results, write_json
 
 log = logging.getLogger("metalab")
 
@@ -75,19 +74,16 @@ def evaluate(overrides: DictConfig) -> dict:
     trainer.test(module, dataloaders=loader, verbose=False)
     summary = module.test_summary
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    results = {
-        "status": "completed",
-        "metrics": {f"{overrides.split}/{module.metric}": summary},
-        "num_test_tasks": summary["tasks"],
-        "protocol": protocol(cfg, overrides.split),
-        "checkpoint": str(Path(overrides.ckpt_path).resolve()),
-        "seed": cfg.seed,
-        "strategy": module.strategy.name,
-        "metalab_version": metalab.__version__,
-        "git_commit": git_commit(),
-        "run_dir": str(run_dir),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
+    results = completed_results(
+        {f"{overrides.split}/{module.metric}": summary},
+        summary,
+        protocol(cfg, overrides.split),
+        run_dir,
+        OmegaConf.to_container(cfg, resolve=True),
+        checkpoint=str(Path(overrides.ckpt_path).resolve()),
+        seed=cfg.seed,
+        strategy=module.strategy.name,
+    )
     write_json(run_dir / "results.json", results)
     print_test_summary(summary, results["protocol"], run_dir / "results.json")
     return results

@@ -218,6 +218,19 @@ def check_gpu(cfg: DictConfig) -> None:
         )
 
 
+def check_devices(cfg: DictConfig) -> None:
+    """Under DDP each rank runs meta_batch / devices tasks: refuse before any rank starts."""
+    if str(cfg.trainer.get("strategy", "auto")) != "ddp":
+        return
+    devices, meta_batch = cfg.trainer.devices, int(cfg.algorithm.meta_batch)
+    if isinstance(devices, int) and meta_batch % devices:
+        raise ConfigError(
+            f"algorithm.meta_batch={meta_batch} cannot be split evenly over {devices} devices: "
+            f"choose a multiple of {devices} (each device then runs meta_batch / {devices} "
+            "tasks per step), or change trainer.devices."
+        )
+
+
 GRAYSCALE = ("omniglot",)
 
 
@@ -256,3 +269,4 @@ def check_config(cfg: Any) -> None:
     check_head(cfg)
     check_episode_sizes(cfg)
     check_gpu(cfg)
+    check_devices(cfg)

@@ -40,3 +40,26 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def completed_results(
+    metrics: dict[str, Any],
+    summary: dict[str, Any],
+    protocol: dict[str, Any],
+    run_dir: Path,
+    config: dict[str, Any],
+    **fields: Any,
+) -> dict[str, Any]:
+    """The results.json of a completed training run or evaluation, in one key order:
+    status, metrics, tasks, protocol, what produced them (``fields``), provenance, config."""
+    return {
+        "status": "completed",
+        "metrics": metrics,
+        "num_test_tasks": summary["tasks"],
+        "protocol": protocol,
+        **fields,
+        "metalab_version": metalab.__version__,
+        "git_commit": git_commit(),
+        "run_dir": str(run_dir),
+        "config": config,
+    }

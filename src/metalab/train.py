@@ -18,7 +18,6 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import hydra
 import pytorch_lightning as pl
@@ -29,7 +28,6 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy
 
-import metalab
 from metalab.assembly import build_data, build_module, protocol
 from metalab.checkpoints import (
     AtomicCheckpointIO,
@@ -45,7 +43,7 @@ from metalab.numerics import InnerGradientMonitor
 from metalab.paths import config_dir
 from metalab.preflight import check_config, check_overrides
 from metalab.report import print_test_summary
-from metalab.results import git_commit, write_json
+from metalab.results import completed_results, write_json
 from metalab.run_status import (
     COMPLETED,
     FAILED,
@@ -272,20 +270,17 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     val_best = checkpoint.best_model_score
     if not trainer.is_global_zero:  # every rank holds the gathered metrics; rank 0 writes them
         return _float(val_best)
-    results: dict[str, Any] = {
-        "status": COMPLETED,
-        "metrics": {f"test/{metric}": summary, f"val/{metric}_best": _float(val_best)},
-        "num_test_tasks": summary["tasks"],
-        "protocol": protocol(cfg),
-        "tested_checkpoint": Path(best).name if best else "final weights",
-        "seed": int(cfg.seed),
-        "strategy": module.strategy.name,
-        "train": {"steps": trainer.global_step, "seconds": round(train_seconds, 1)},
-        "metalab_version": metalab.__version__,
-        "git_commit": git_commit(),
-        "run_dir": str(run_dir),
-        "config": resolved,
-    }
+    results = completed_results(
+        {f"test/{metric}": summary, f"val/{metric}_best": _float(val_best)},
+        summary,
+        protocol(cfg),
+        run_dir,
+        resolved,
+        tested_checkpoint=Path(best).name if best else "final weights",
+        seed=int(cfg.seed),
+        strategy=module.strategy.name,
+        train={"steps": trainer.global_step, "seconds": round(train_seconds, 1)},
+    )
     if resume_from is not None:
         results["resumed_from"] = str(resume_from)
     write_json(run_dir / "results.json", results)

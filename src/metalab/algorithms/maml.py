@@ -67,6 +67,8 @@ class MAML(nn.Module, AdaptThenScore):
         query_x: torch.Tensor,
         query_y: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
+        """Adapt on the support set with the test-time steps, score the query set after each;
+        subclasses change where adaptation starts, its rates or its rule via ``eval_options``."""
         return self.inner_loop.evaluate(
             params,
             support_x,
@@ -75,4 +77,9 @@ class MAML(nn.Module, AdaptThenScore):
             query_y,
             self.eval_inner_steps,
             self.eval_inner_lr,
+            **self.eval_options(),
         )
+
+    def eval_options(self) -> dict:
+        """Extra arguments of ``InnerLoop.evaluate`` (update rule, transductive); none here."""
+        return {}

@@ -143,16 +143,11 @@ class MAMLPlusPlus(MAML):
         return loss, kind.metric(prediction.detach(), query_y)
 
     def evaluate(self, params, support_x, support_y, query_x, query_y):
+        """MAML's evaluation from the step-0 batch-norm parameters, with the learnt rates."""
+        return super().evaluate(self.at_step(params, 0), support_x, support_y, query_x, query_y)
+
+    def eval_options(self) -> dict:
         def update(p: Params, x: torch.Tensor, y: torch.Tensor, index: int) -> Params:
             return self.update(p, x, y, index, True, self.eval_inner_lr)
 
-        return self.inner_loop.evaluate(
-            self.at_step(params, 0),
-            support_x,
-            support_y,
-            query_x,
-            query_y,
-            self.eval_inner_steps,
-            self.eval_inner_lr,
-            update=update,
-        )
+        return {"update": update}

@@ -180,15 +180,5 @@ class Reptile(MAML):
         average_gradients(params.values())
         return out["loss"], out["metric"]
 
-    def evaluate(self, params, support_x, support_y, query_x, query_y):
-        return self.inner_loop.evaluate(
-            params,
-            support_x,
-            support_y,
-            query_x,
-            query_y,
-            self.eval_inner_steps,
-            self.eval_inner_lr,
-            update=self.rule(self.eval_inner_lr),
-            transductive=self.transductive,
-        )
+    def eval_options(self) -> dict:
+        return {"update": self.rule(self.eval_inner_lr), "transductive": self.transductive}
