@@ -29,6 +29,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy
 
 from metalab.assembly import build_data, build_module, protocol
+from metalab.budget import CpuTimeBudget
 from metalab.checkpoints import (
     AtomicCheckpointIO,
     InterruptCheckpoint,
@@ -122,6 +123,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, monitor: str, mo
         int(numerics.inner_grad_every_n_steps), float(numerics.inner_grad_warn)
     )
     callbacks = [checkpoint, latest, interrupt, inner_gradient]
+    if t.get("max_cpu_seconds"):
+        callbacks.append(CpuTimeBudget(float(t.max_cpu_seconds)))
     trainer = pl.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,

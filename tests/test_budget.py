@@ -1,0 +1,32 @@
+"""``trainer.max_cpu_seconds`` stops training on the process's CPU time, then tests as usual."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli import read_results, train_run
+from metalab.budget import CpuTimeBudget
+from metalab.errors import ConfigError
+
+
+def test_a_cpu_budget_stops_training_and_the_run_still_tests(tmp_path):
+    run_dir = train_run(
+        tmp_path,
+        "trainer.max_steps=1000000",
+        "trainer.max_cpu_seconds=4",
+        "trainer.val_check_interval=50",
+        "trainer.enable_progress_bar=false",
+        "val.tasks=5",
+        "eval.tasks=10",
+        "strategy=loop",
+        "logger=csv",
+    )
+    results = read_results(run_dir)
+    assert results["status"] == "completed" and results["num_test_tasks"] == 10
+    assert 0 < results["train"]["steps"] < 1000000
+    assert "trainer.max_cpu_seconds=4 reached at step" in (run_dir / "train.log").read_text()
+
+
+def test_a_budget_that_is_not_positive_is_refused():
+    with pytest.raises(ConfigError, match="max_cpu_seconds=0"):
+        CpuTimeBudget(0)
