@@ -33,11 +33,13 @@ one_run() {  # $1 = algorithm, $2 = ways, then extra overrides
     > "$run.log" 2>&1 || echo "FAILED: see $run.log"
 }
 export -f one_run
+extra=""  # the extra overrides, quoted for the shell that xargs starts
+[ $# -eq 0 ] || extra=$(printf '%q ' "$@")
 for ways in $WAYS; do
   for algorithm in $ALGORITHMS; do
     printf '%s\0%s\0' "$algorithm" "$ways"
   done
-done | xargs -0 -n 2 -P "$JOBS" bash -c 'one_run "$@" '"$(printf '%q ' "$@")" _
+done | xargs -0 -n 2 -P "$JOBS" bash -c "one_run \"\$@\" $extra" _
 python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
