@@ -19,6 +19,9 @@ class LSTMCell(nn.Module):
     def forward(
         self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        i, f, g, o = (self.input_map(x) + self.recurrent_map(h)).chunk(4, dim=-1)
+        gates = self.input_map(x) + self.recurrent_map(h)
+        # One copy to [4, ..., hidden] makes each gate contiguous: sigmoid/tanh on the strided
+        # chunks ran ~10x slower per element (Meta-LSTM's 112k-row cell spent most time there).
+        i, f, g, o = gates.unflatten(-1, (4, self.hidden_size)).movedim(-2, 0).contiguous()
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
