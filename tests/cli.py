@@ -72,3 +72,20 @@ def wandb_run_record(run_dir: Path) -> dict:
 
 def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
+
+
+def preset_sweep(where: Path, names: list[str], *overrides: str) -> dict[str, Path]:
+    """One multirun over ``<name>_omniglot_5w1s`` presets; {algorithm name: job directory}."""
+    sweep = where / "sweep"
+    out = run_cli(
+        "metalab-train",
+        "-m",
+        f"experiment={','.join(f'{name}_omniglot_5w1s' for name in names)}",
+        *overrides,
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweep.subdir=${hydra.job.num}",  # the default names every override: too long
+        cwd=where,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = [p for p in sweep.iterdir() if (p / "results.json").is_file()]
+    return {read_results(p)["config"]["algorithm"]["name"]: p for p in runs}

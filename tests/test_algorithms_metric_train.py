@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from cli import read_results, run_cli
+from cli import preset_sweep, read_results
 from metalab.assembly import build_data, build_module, check_head
 from metalab.errors import ConfigError
 from metalab.evaluate import load_checkpoint, training_config
@@ -99,21 +99,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory) -> dict:
-    where = tmp_path_factory.mktemp("metric")
-    sweep = where / "sweep"
-    presets = ",".join(f"{n}_omniglot_5w1s" for n in sorted(LEARNS))
-    out = run_cli(
-        "metalab-train",
-        "-m",
-        f"experiment={presets}",
-        *TINY,
-        f"hydra.sweep.dir={sweep}",
-        "hydra.sweep.subdir=${hydra.job.num}",
-        cwd=where,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    runs = [p for p in sweep.iterdir() if (p / "results.json").is_file()]
-    return {read_results(p)["config"]["algorithm"]["name"]: p for p in runs}
+    return preset_sweep(tmp_path_factory.mktemp("metric"), sorted(LEARNS), *TINY)
 
 
 def test_every_method_writes_results(jobs):

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from cli import read_results, run_cli
+from cli import preset_sweep, read_results
 from metalab.assembly import build_data, build_module
 from metalab.module import MetaLearner
 
@@ -34,21 +34,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory) -> dict:
-    where = tmp_path_factory.mktemp("algorithms")
-    sweep = where / "sweep"
-    presets = ",".join(f"{name}_omniglot_5w1s" for name in PRESETS)
-    out = run_cli(
-        "metalab-train",
-        "-m",
-        f"experiment={presets}",
-        *TINY,
-        f"hydra.sweep.dir={sweep}",
-        "hydra.sweep.subdir=${hydra.job.num}",  # the default names every override: too long
-        cwd=where,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    runs = [p for p in sweep.iterdir() if (p / "results.json").is_file()]
-    return {read_results(p)["config"]["algorithm"]["name"]: p for p in runs}
+    return preset_sweep(tmp_path_factory.mktemp("algorithms"), PRESETS, *TINY)
 
 
 def test_every_algorithm_writes_results(jobs):
