@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from cli import read_results, train_run
@@ -30,3 +32,22 @@ def test_a_cpu_budget_stops_training_and_the_run_still_tests(tmp_path):
 def test_a_budget_that_is_not_positive_is_refused():
     with pytest.raises(ConfigError, match="max_cpu_seconds=0"):
         CpuTimeBudget(0)
+
+
+def test_a_resumed_run_spends_what_is_left_of_the_budget_not_a_fresh_one():
+    first = CpuTimeBudget(240)
+    first.load_state_dict({"used_cpu_seconds": 100.0})  # two attempts: 100 s, then more
+    first.on_train_start(None, None)
+    saved = first.state_dict()["used_cpu_seconds"]
+    assert saved >= 100.0
+    resumed = CpuTimeBudget(240)
+    resumed.load_state_dict({"used_cpu_seconds": 240.0})  # all spent before a kill
+    resumed.on_train_start(None, None)
+    trainer = SimpleNamespace(should_stop=False, global_step=7)
+    resumed.on_train_batch_end(trainer)
+    assert trainer.should_stop  # a fresh budget would have trained for 240 more seconds
+    fresh = CpuTimeBudget(240)
+    fresh.on_train_start(None, None)
+    trainer = SimpleNamespace(should_stop=False, global_step=7)
+    fresh.on_train_batch_end(trainer)
+    assert not trainer.should_stop
