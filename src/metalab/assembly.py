@@ -31,6 +31,8 @@ def check_positive(cfg: DictConfig) -> None:
         "eval.tasks": cfg.eval.tasks,
         "eval.batch": cfg.eval.batch,
     }
+    if cfg.eval.get("curve_points") is not None:
+        checks["eval.curve_points"] = cfg.eval.curve_points
     for key, value in checks.items():
         if not value > 0:
             raise ConfigError(f"{key}={value}: it must be a positive number.")

@@ -47,6 +47,7 @@ def training_config(ckpt: dict, overrides: DictConfig) -> DictConfig:
     if overrides.strategy is not None:
         cfg.strategy = overrides.strategy
     cfg.eval.tasks, cfg.eval.batch = overrides.tasks, overrides.batch
+    cfg.eval.curve_points = overrides.get("curve_points")
     return cfg
 
 

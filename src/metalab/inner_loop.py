@@ -20,12 +20,33 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from metalab.errors import ConfigError
 from metalab.losses import TaskKind
 
 Params = dict[str, torch.Tensor]
 LearningRate = float | torch.Tensor | Params
 # (params, support x, support y, index of the step) -> adapted params
 Update = Callable[[Params, torch.Tensor, torch.Tensor, int], Params]
+
+
+def scored_steps(steps: int, points: int | None) -> list[int]:
+    """The inner steps after which the query set is scored for the test-time curve.
+
+    Every step when ``points`` is None or covers them all, else at most ``points`` steps at a
+    regular stride from 0, the last step always among them: scoring all 300 queries of a
+    20-way task after each of Reptile's 50 steps cost more than the adaptation itself.
+    """
+    if points is not None and points < 1:
+        raise ConfigError(
+            f"eval.curve_points={points}: set it to at least 1 (the last step only), or null "
+            "for every inner step."
+        )
+    if points is None or points >= steps + 1:
+        return list(range(steps + 1))
+    if points == 1:
+        return [steps]
+    stride = -(-steps // (points - 1))  # ceil
+    return sorted({*range(0, steps, stride), steps})
 
 
 def rate_for(lr: LearningRate, name: str) -> float | torch.Tensor:
@@ -126,8 +147,10 @@ class InnerLoop:
         lr: LearningRate,
         update: Update | None = None,
         transductive: bool = True,
+        score_at: Collection[int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Query loss and metric before adaptation and after each of ``steps`` inner steps.
+        """Query loss and metric before adaptation and after each of ``steps`` inner steps,
+        or only after the steps in ``score_at`` (see ``scored_steps``).
 
         ``update`` replaces the plain first-order SGD step (an algorithm's own rule: Adam,
         per-step rates or batch-norm parameters); it is called with the 0-based step index.
@@ -143,6 +166,8 @@ class InnerLoop:
             if step:
                 adapted = update(params, support_x, support_y, step - 1)
                 params = {k: p.detach() for k, p in adapted.items()}
+            if score_at is not None and step not in score_at:
+                continue
             with torch.no_grad():
                 prediction = self.predict_query(params, support_x, query_x, transductive)
                 losses.append(self.kind.loss(prediction, query_y))

@@ -7,6 +7,7 @@ chosen execution strategy, back-propagate with ``manual_backward``, clip, step.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -19,7 +20,7 @@ from metalab.data.tasks import TaskBatch
 from metalab.distributed import gather_tasks
 from metalab.errors import MetalabError
 from metalab.execution import build_strategy
-from metalab.inner_loop import InnerLoop
+from metalab.inner_loop import InnerLoop, scored_steps
 from metalab.losses import TASK_KINDS
 from metalab.models import build_model
 from metalab.models.layout import apply_memory_format, resolve_memory_format
@@ -98,11 +99,21 @@ class MetaLearner(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log(f"train/{self.metric}", metrics.mean(), prog_bar=True, batch_size=len(batch))
 
-    def _evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        """Per-task query loss and metric at every inner step, shape [tasks, steps + 1]."""
+    def _eval_steps(self) -> int:
+        """Inner steps at test time (0 for the metric methods, which have none)."""
+        return int(getattr(self.algorithm, "eval_inner_steps", 0) or 0)
+
+    def _curve_steps(self) -> list[int]:
+        """The inner steps the test-time curve scores (``eval.curve_points`` of them)."""
+        return scored_steps(self._eval_steps(), self.cfg.eval.get("curve_points"))
+
+    def _evaluate(self, batch: TaskBatch, score_at: list[int]) -> dict[str, torch.Tensor]:
+        """Per-task query loss and metric after the inner steps in ``score_at``, shape
+        [tasks, len(score_at)]."""
         params = {k: p.detach() for k, p in self.model.named_parameters()}
+        evaluate = functools.partial(self.algorithm.evaluate, score_at=score_at)
         with torch.enable_grad():
-            return self.strategy.map(self.algorithm.evaluate, params, batch)
+            return self.strategy.map(evaluate, params, batch)
 
     def _eval_tasks(self, split: str) -> int:
         """How many fixed tasks the split has over all ranks (the data module knows)."""
@@ -121,7 +132,7 @@ class MetaLearner(pl.LightningModule):
         self._eval_values = []
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        out = self._evaluate(batch)
+        out = self._evaluate(batch, [self._eval_steps()])  # validation needs the last step only
         self._eval_values.append({"loss": out["loss"][:, -1], "metric": out["metric"][:, -1]})
 
     def on_validation_epoch_end(self) -> None:
@@ -134,22 +145,26 @@ class MetaLearner(pl.LightningModule):
         self._eval_values = []
 
     def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self._eval_values.append({"metric": self._evaluate(batch)["metric"]})
+        self._eval_values.append({"metric": self._evaluate(batch, self._curve_steps())["metric"]})
 
     def on_test_epoch_end(self) -> None:
         values = self._gathered(self._eval_tasks("test"))["metric"]
-        per_step = [mean_and_ci95(values[:, step]) for step in range(values.shape[1])]
+        steps = self._curve_steps()
+        per_step = [mean_and_ci95(values[:, i]) for i in range(values.shape[1])]
         mean, ci = per_step[-1]
         self.log(f"test/{self.metric}", mean)
         self.log(f"test/{self.metric}_ci95", ci)
-        for step, (m, _) in enumerate(per_step):
+        for step, (m, _) in zip(steps, per_step, strict=True):
             self.log(f"test/{self.metric}_step{step}", m)
         self.test_summary = {
             "metric": self.metric,
             "mean": mean,
             "ci95": ci,
             "tasks": int(values.shape[0]),
-            "per_step": [{"step": s, "mean": m, "ci95": c} for s, (m, c) in enumerate(per_step)],
+            "per_step": [
+                {"step": s, "mean": m, "ci95": c}
+                for s, (m, c) in zip(steps, per_step, strict=True)
+            ],
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

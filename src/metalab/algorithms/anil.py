@@ -59,7 +59,7 @@ class ANIL(MAML):
         kind = self.inner_loop.kind
         return kind.loss(prediction, query_y), kind.metric(prediction.detach(), query_y)
 
-    def evaluate(self, params, support_x, support_y, query_x, query_y):
+    def evaluate(self, params, support_x, support_y, query_x, query_y, score_at=None):
         body, head = self.split(params)
         with torch.no_grad():
             support_features = self.features(body, support_x)
@@ -72,4 +72,5 @@ class ANIL(MAML):
             query_y,
             self.eval_inner_steps,
             self.eval_inner_lr,
+            score_at=score_at,
         )

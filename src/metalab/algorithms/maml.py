@@ -10,6 +10,8 @@ parameter of the LightningModule, optimised by the outer optimiser and checkpoin
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 
@@ -66,9 +68,11 @@ class MAML(nn.Module, AdaptThenScore):
         support_y: torch.Tensor,
         query_x: torch.Tensor,
         query_y: torch.Tensor,
+        score_at: Collection[int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Adapt on the support set with the test-time steps, score the query set after each;
-        subclasses change where adaptation starts, its rates or its rule via ``eval_options``."""
+        """Adapt on the support set with the test-time steps, score the query set after each
+        (or after those in ``score_at``); subclasses change where adaptation starts, its rates
+        or its rule via ``eval_options``."""
         return self.inner_loop.evaluate(
             params,
             support_x,
@@ -77,6 +81,7 @@ class MAML(nn.Module, AdaptThenScore):
             query_y,
             self.eval_inner_steps,
             self.eval_inner_lr,
+            score_at=score_at,
             **self.eval_options(),
         )
 

@@ -142,9 +142,11 @@ class MAMLPlusPlus(MAML):
             loss = kind.loss(prediction, query_y)
         return loss, kind.metric(prediction.detach(), query_y)
 
-    def evaluate(self, params, support_x, support_y, query_x, query_y):
+    def evaluate(self, params, support_x, support_y, query_x, query_y, score_at=None):
         """MAML's evaluation from the step-0 batch-norm parameters, with the learnt rates."""
-        return super().evaluate(self.at_step(params, 0), support_x, support_y, query_x, query_y)
+        return super().evaluate(
+            self.at_step(params, 0), support_x, support_y, query_x, query_y, score_at
+        )
 
     def eval_options(self) -> dict:
         def update(p: Params, x: torch.Tensor, y: torch.Tensor, index: int) -> Params:

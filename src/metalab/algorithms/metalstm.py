@@ -157,7 +157,7 @@ class MetaLSTM(nn.Module):
         kind = self.inner_loop.kind
         return kind.loss(prediction, query_y), kind.metric(prediction.detach(), query_y)
 
-    def evaluate(self, params, support_x, support_y, query_x, query_y):
+    def evaluate(self, params, support_x, support_y, query_x, query_y, score_at=None):
         params = {k: p.detach() for k, p in params.items()}
         with torch.enable_grad():
             thetas = self.unroll(
@@ -166,7 +166,9 @@ class MetaLSTM(nn.Module):
         losses, metrics = [], []
         kind = self.inner_loop.kind
         with torch.no_grad():
-            for theta in thetas:
+            for step, theta in enumerate(thetas):
+                if score_at is not None and step not in score_at:
+                    continue
                 prediction = self.inner_loop.predict(theta, query_x)
                 losses.append(kind.loss(prediction, query_y))
                 metrics.append(kind.metric(prediction, query_y))

@@ -76,8 +76,8 @@ class MetricAlgorithm(nn.Module):
         kind = self.embedding.kind
         return kind.loss(scores, query_y), kind.metric(scores.detach(), query_y)
 
-    def evaluate(self, params, support_x, support_y, query_x, query_y):
-        """A series of length 1: there are no inner steps to report."""
+    def evaluate(self, params, support_x, support_y, query_x, query_y, score_at=None):
+        """A series of length 1 (step 0): there are no inner steps to report."""
         with torch.no_grad():
             loss, metric = self.meta_objective(params, support_x, support_y, query_x, query_y)
         return {"loss": loss.unsqueeze(0), "metric": metric.unsqueeze(0)}
