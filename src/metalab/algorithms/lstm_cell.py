@@ -4,11 +4,12 @@ than the hidden state, as Matching Networks' attention LSTM needs)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class LSTMCell(nn.Module):
-    """i, f, g, o = split(W_x x + W_h h + b); c' = f c + i g; h' = o tanh(c')."""
+    """i, f, g, o = W_k [x, h] + b_k (k = i, f, g, o); c' = f c + i g; h' = o tanh(c')."""
 
     def __init__(self, input_size: int, hidden_size: int, recurrent_size: int | None = None):
         super().__init__()
@@ -19,9 +20,13 @@ class LSTMCell(nn.Module):
     def forward(
         self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        gates = self.input_map(x) + self.recurrent_map(h)
-        # One copy to [4, ..., hidden] makes each gate contiguous: sigmoid/tanh on the strided
-        # chunks ran ~10x slower per element (Meta-LSTM's 112k-row cell spent most time there).
-        i, f, g, o = gates.unflatten(-1, (4, self.hidden_size)).movedim(-2, 0).contiguous()
+        # One linear map per gate on [x, h]: each gate comes out contiguous, with no sum of two
+        # [rows, 4 * hidden] products and no copy to split them (Meta-LSTM's cell runs on 112k
+        # rows: 2.2x faster forward and backward than W_x x + W_h h and a split, 3x forward).
+        xh = torch.cat([x, h], -1)
+        weight = torch.cat([self.input_map.weight, self.recurrent_map.weight], 1)
+        weight = weight.view(4, self.hidden_size, -1)
+        bias = self.input_map.bias.view(4, self.hidden_size)
+        i, f, g, o = (F.linear(xh, weight[k], bias[k]) for k in range(4))
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
