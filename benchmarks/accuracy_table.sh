@@ -7,6 +7,8 @@
 #   benchmarks/accuracy_table.sh                         # 30 CPU-minutes per run, 12 runs
 #   CPU_SECONDS=240 JOBS=2 THREADS=1 benchmarks/accuracy_table.sh   # 2 runs at a time, 1 thread each
 #   WAYS="5" ALGORITHMS="maml reptile" benchmarks/accuracy_table.sh algorithm.meta_batch=8
+#   ALGORITHMS="protonet matchingnet siamese metalstm" CPU_SECONDS=240 JOBS=2 THREADS=1 \
+#     benchmarks/accuracy_table.sh                     # the other families' table
 #
 # Extra arguments are Hydra overrides added to every run (EVAL_TASKS changes the 600). A CPU
 # budget stays fair when runs share the machine; with THREADS=1 and JOBS=cores no run waits on
@@ -45,12 +47,15 @@ import json, sys
 from pathlib import Path
 
 # ../shared/README.md's published Omniglot 1-shot numbers (5-way, 20-way); none there for
-# ANIL or Meta-SGD.
+# ANIL, Meta-SGD or Meta-LSTM (mini-ImageNet only).
 PUBLISHED = {
     "maml": ("98.7 ± 0.4", "95.8 ± 0.3"),
     "fomaml": ("98.3 ± 0.5", "89.4 ± 0.5"),
     "reptile": ("97.68 ± 0.04", "89.43 ± 0.14"),
     "mamlpp": ("99.47", "97.65"),
+    "protonet": ("98.8", "96.0"),
+    "matchingnet": ("98.1", "93.8"),
+    "siamese": ("97.3", "88.2"),
 }
 rows = {}
 for path in sorted(Path(sys.argv[1]).glob("*/results.json")):
