@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from metalab.errors import ConfigError
-from metalab.inner_loop import InnerLoop, Params
+from metalab.inner_loop import InnerLoop, LearningRate, Params
 from metalab.objectives import AdaptThenScore
 
 
@@ -80,10 +80,14 @@ class MAML(nn.Module, AdaptThenScore):
             query_x,
             query_y,
             self.eval_inner_steps,
-            self.eval_inner_lr,
+            self.eval_learning_rate(),
             score_at=score_at,
             **self.eval_options(),
         )
+
+    def eval_learning_rate(self) -> LearningRate:
+        """The inner learning rate at test time (Meta-SGD: its learned rates)."""
+        return self.eval_inner_lr
 
     def eval_options(self) -> dict:
         """Extra arguments of ``InnerLoop.evaluate`` (update rule, transductive); none here."""

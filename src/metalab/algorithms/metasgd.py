@@ -43,15 +43,5 @@ class MetaSGD(MAML):
         kind = self.inner_loop.kind
         return kind.loss(prediction, query_y), kind.metric(prediction.detach(), query_y)
 
-    def evaluate(self, params, support_x, support_y, query_x, query_y, score_at=None):
-        rates = {k: r.detach() for k, r in self.learning_rates().items()}
-        return self.inner_loop.evaluate(
-            params,
-            support_x,
-            support_y,
-            query_x,
-            query_y,
-            self.eval_inner_steps,
-            rates,
-            score_at=score_at,
-        )
+    def eval_learning_rate(self) -> Params:
+        return {k: r.detach() for k, r in self.learning_rates().items()}
