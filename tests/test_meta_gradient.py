@@ -60,9 +60,9 @@ def mlp_case():
     return model, mlp_forward, REGRESSION, sample_batch(SinusoidTasks(5, 7), tasks=5), 0.01
 
 
-def conv_case(norm: str = "batch"):
+def conv_case(norm: str = "batch", channels: int = 4):
     torch.manual_seed(0)
-    model = Conv4(1, 3, image_size=16, channels=4, norm=norm).double()
+    model = Conv4(1, 3, image_size=16, channels=channels, norm=norm).double()
     forward = lambda p, x: conv4_forward(p, x, norm=norm == "batch")  # noqa: E731
     batch = sample_batch(NWayKShot(RandomImages(), ways=3, shots=2, queries=2), tasks=5)
     return model, forward, CLASSIFICATION, batch, 0.4
@@ -79,6 +79,8 @@ CASES = {
     "conv4-batchnorm": conv_case,
     "conv4-nonorm": lambda: conv_case("none"),
     "conv4-channels-last": channels_last_case,
+    # enough channels for the first block to fold its batch norm (metalab.models.folded_norm)
+    "conv4-folded-norm": lambda: conv_case(channels=20),
 }
 
 
@@ -152,18 +154,18 @@ def test_auto_keeps_the_candidate_it_measured_fastest(slow_first):
     assert set(auto.timings) == {"slow", "fast"}
 
 
-def test_channels_last_reaches_every_norm_and_pool():
+@pytest.mark.parametrize("channels", [4, 20], ids=["layers", "folded-norm"])
+def test_channels_last_reaches_every_block(channels):
     """The layout switch must hold past the one-channel first convolution."""
-    model, *_ = conv_case()
+    model, *_ = conv_case(channels=channels)
     apply_memory_format(model, "channels_last")
     seen = []
-    for module in model.modules():
-        if isinstance(module, (BatchStatNorm, torch.nn.MaxPool2d)):
-            module.register_forward_hook(
-                lambda m, inputs, out: seen.append(inputs[0].is_contiguous(memory_format=CL))
-            )
+    for block in model.features:
+        block.register_forward_hook(
+            lambda m, inputs, out: seen.append(out.is_contiguous(memory_format=CL))
+        )
     model(torch.rand(4, 1, 16, 16, dtype=torch.float64))
-    assert seen == [True] * 8
+    assert seen == [True] * 4
 
 
 def test_vmap_chunk_is_sized_to_its_memory_budget():
