@@ -226,3 +226,28 @@ def test_auto_passes_over_a_candidate_that_cannot_run_the_model():
     auto = AutoStrategy([LoopStrategy(), Refusing()], min_repeats=1, max_repeats=1)
     metalab_meta_gradient(model, kind, batch, auto, 1, lr, False)
     assert auto.chosen.name == "loop" and set(auto.timings) == {"loop"}
+
+
+def test_hybrid_query_threads_keep_the_model_and_the_gradient(monkeypatch):
+    """Worker threads score with their own model copies: functional_call swaps a module's
+    parameters in place, and two threads on one module left it holding their tensors."""
+    from metalab import task_threads
+
+    monkeypatch.setattr(task_threads, "workers_for", lambda tasks, device: 3)
+    model, forward, kind, batch, lr = conv_case(channels=20)
+    before = list(model.parameters())
+    ours = metalab_meta_gradient(model, kind, batch, HybridStrategy(1e9), 2, lr, False)
+    assert all(a is b for a, b in zip(before, model.parameters(), strict=True))
+    plain = [p.detach().contiguous().requires_grad_() for p in model.parameters()]
+    reference = maml_meta_gradient(forward, plain, batch, kind.loss, 2, lr, False)
+    assert relative_error(ours, reference) < 1e-8
+
+
+def test_query_threads_only_on_a_cpu_without_autocast():
+    from metalab.task_threads import workers_for
+
+    cpu = torch.device("cpu")
+    assert workers_for(5, cpu) == min(torch.get_num_threads(), 5)
+    assert workers_for(5, torch.device("meta")) == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert workers_for(5, cpu) == 1

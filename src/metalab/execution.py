@@ -18,6 +18,7 @@ query_y)`` (an algorithm's bound ``meta_objective``) and runs it over a ``TaskBa
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import logging
 import os
@@ -30,9 +31,10 @@ from torch.func import vmap
 from metalab.data.tasks import TaskBatch
 from metalab.distributed import agree_mean, agree_min
 from metalab.errors import ConfigError
-from metalab.inner_loop import Params
+from metalab.inner_loop import InnerLoop, Params
 from metalab.models.vectorised import vectorised
 from metalab.objectives import AdaptThenScore, split_objective
+from metalab.task_threads import map_tasks
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,15 @@ def graph_memory_mib(run: Callable[[], object], device: torch.device) -> float:
     return max(grown, 0.0)
 
 
+def _with_own_model(algorithm: AdaptThenScore) -> AdaptThenScore:
+    """A shallow copy of ``algorithm`` scoring with a copy of its model, for a worker thread
+    (``task_threads.map_tasks``)."""
+    own = copy.copy(algorithm)
+    inner_loop = algorithm.inner_loop
+    own.inner_loop = InnerLoop(copy.deepcopy(inner_loop.model), inner_loop.kind)
+    return own
+
+
 class HybridStrategy:
     """Inner loops vectorised over tasks, query passes per task, one backward to finish.
 
@@ -191,7 +202,8 @@ class HybridStrategy:
     native batch norm) beat vmap's batched ones and one task's graph at a time keeps memory
     at the loop's. By the chain rule the meta-gradient is ``sum_i v_i . d(phi_i)/d(theta)``
     with ``v_i`` the query-loss gradient at task i's adapted parameters ``phi_i``: phase 2
-    computes each ``v_i`` on a detached copy of ``phi_i``, phase 3 back-propagates the
+    computes each ``v_i`` on a detached copy of ``phi_i`` (tasks side by side on worker
+    threads on a CPU, ``task_threads``), phase 3 back-propagates the
     surrogate ``sum_i <phi_i, v_i>`` through the vectorised inner loops (second order, or
     the identity path for first order). Adaptation runs in chunks sized to a memory budget.
     """
@@ -235,19 +247,31 @@ class HybridStrategy:
         for start in range(0, len(batch), size):
             chunk = batch.slice(start, start + size)
             adapted = self._adapt(algorithm, params, chunk.support_x, chunk.support_y)
-            query_grads: dict[str, list[torch.Tensor]] = {name: [] for name in adapted}
-            for task in range(len(chunk)):
+
+            def query_pass(task: int, scorer: AdaptThenScore, chunk=chunk, adapted=adapted):
                 leaves = {k: phi[task].detach().requires_grad_() for k, phi in adapted.items()}
-                loss, metric = algorithm.query_objective(
+                loss, metric = scorer.query_objective(
                     leaves, chunk.query_x[task], chunk.query_y[task]
                 )
                 grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-                for name, leaf, g in zip(leaves, leaves.values(), grads, strict=True):
-                    query_grads[name].append(torch.zeros_like(leaf) if g is None else g)
-                losses.append(loss.detach())
-                metrics.append(metric.detach())
+                zero_if_unused = [
+                    torch.zeros_like(leaf) if g is None else g
+                    for leaf, g in zip(leaves.values(), grads, strict=True)
+                ]
+                return loss.detach(), metric.detach(), zero_if_unused
+
+            passes = map_tasks(
+                query_pass,
+                len(chunk),
+                chunk.query_x.device,
+                own_state=lambda: _with_own_model(algorithm),
+                shared_state=algorithm,
+            )
+            losses += [loss for loss, _, _ in passes]
+            metrics += [metric for _, metric, _ in passes]
             surrogate = sum(
-                (phi * torch.stack(query_grads[name])).sum() for name, phi in adapted.items()
+                (phi * torch.stack([grads[i] for _, _, grads in passes])).sum()
+                for i, phi in enumerate(adapted.values())
             )
             backward(surrogate / len(batch))
         return torch.stack(losses), torch.stack(metrics)

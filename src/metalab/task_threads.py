@@ -1,0 +1,67 @@
+"""Independent per-task passes spread over Python threads of one intra-op thread each.
+
+Why: on a CPU a task's query pass mixes compute-bound convolutions with memory-bound batch
+norm, pooling and the first block's large activation. Two tasks side by side, one thread
+each, keep both the arithmetic and the memory of the cores busy, where one task at a time
+on two intra-op threads makes them take turns: hybrid's 32 query passes ran 1.49x faster
+(benchmarks/NOTES.md). Each task's arithmetic is the same; results come back in task order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
+
+import torch
+
+Result = TypeVar("Result")
+State = TypeVar("State")
+
+
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def workers_for(tasks: int, device: torch.device) -> int:
+    """One worker per intra-op thread on a CPU; none elsewhere (a GPU queues its kernels
+    anyway), nor under CPU autocast, which is thread-local and would not reach them."""
+    if device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return 1
+    return max(1, min(torch.get_num_threads(), tasks))
+
+
+def map_tasks(
+    run: Callable[[int, State], Result],
+    tasks: int,
+    device: torch.device,
+    own_state: Callable[[], State],
+    shared_state: State,
+) -> list[Result]:
+    """``[run(0, state), ..., run(tasks - 1, state)]``, on worker threads where
+    ``workers_for`` allows. Without threads every call gets ``shared_state``; with them each
+    thread gets its own ``own_state()``: ``torch.func.functional_call`` swaps a module's
+    parameters in place, so two threads calling it on one module leave it holding the
+    other's tensors."""
+    workers = workers_for(tasks, device)
+    if workers == 1:
+        return [run(task, shared_state) for task in range(tasks)]
+    grad_enabled = torch.is_grad_enabled()  # thread-local too
+    local = threading.local()
+
+    def in_worker(task: int) -> Result:
+        if not hasattr(local, "state"):
+            local.state = own_state()
+        with torch.set_grad_enabled(grad_enabled):
+            return run(task, local.state)
+
+    with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(in_worker, range(tasks)))
