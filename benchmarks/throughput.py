@@ -41,6 +41,7 @@ from torch.func import functional_call
 
 from metalab.algorithms.fomaml import FOMAML
 from metalab.algorithms.maml import MAML
+from metalab.algorithms.reptile import Reptile
 from metalab.data.sinusoid import SinusoidTasks
 from metalab.data.tasks import TaskBatch
 from metalab.execution import (
@@ -122,7 +123,10 @@ IMPLEMENTATIONS = {  # --strategies key -> label
     "loop-mvbn": "metalab loop, mean/var batch norm",  # not a default row: see NOTES.md
 }
 DEFAULT_IMPLEMENTATIONS = ("textbook", "loop-nchw", "loop", "vmap", "hybrid", "auto")
-ALGORITHMS = {"maml": False, "fomaml": True}  # name -> first_order
+# name -> first_order; Reptile (first-order by nature) has its own outer step below
+ALGORITHMS = {"maml": False, "fomaml": True, "reptile": True}
+# Reptile's outer step runs tasks through Strategy.map, which hybrid leaves to the loop
+NOT_FOR_REPTILE = {"hybrid", "loop-mvbn"}
 BASELINE = "textbook"
 
 Step = Callable[[], None]
@@ -213,6 +217,67 @@ def textbook_step(
                 }
             query_loss = loss_fn(functional_call(model, fast, (qx,)), qy)
             (query_loss / tasks).backward()
+        optimizer.step()
+
+    return step
+
+
+def textbook_reptile_step(model: nn.Module, batch: TaskBatch, workload: Workload) -> Step:
+    """Reptile by the paper: per task, the workload's SGD steps on all of its examples from
+    theta, then the outer gradient theta - mean(adapted) (outer step size 1), then Adam."""
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.Adam(params.values(), lr=OUTER_LR)
+    kind = task_kind(workload)
+    examples_x = torch.cat([batch.support_x, batch.query_x], 1)
+    examples_y = torch.cat([batch.support_y, batch.query_y], 1)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        total = {k: torch.zeros_like(p) for k, p in params.items()}
+        for x, y in zip(examples_x, examples_y, strict=True):
+            fast = {k: p.detach().requires_grad_() for k, p in params.items()}
+            for _ in range(workload.inner_steps):
+                loss = kind.loss(functional_call(model, fast, (x,)), y)
+                grads = torch.autograd.grad(loss, list(fast.values()))
+                fast = {
+                    k: (p - workload.inner_lr * g).detach().requires_grad_()
+                    for (k, p), g in zip(fast.items(), grads, strict=True)
+                }
+            with torch.no_grad():  # the fit after adaptation, which metalab logs too
+                prediction = functional_call(model, fast, (x,))
+                kind.loss(prediction, y), kind.metric(prediction, y)
+                for k, p in fast.items():
+                    total[k] += p
+        for k, p in params.items():
+            p.grad = p.detach() - total[k] / len(examples_x)
+        optimizer.step()
+
+    return step
+
+
+def metalab_reptile_step(
+    model: nn.Module, batch: TaskBatch, workload: Workload, strategy: Strategy
+) -> Step:
+    """metalab's Reptile outer step with the same settings (SGD inner steps on all examples,
+    outer step size 1, no annealing), as MetaLearner.training_step runs it."""
+    algorithm = Reptile(
+        InnerLoop(model, task_kind(workload)),
+        inner_steps=workload.inner_steps,
+        inner_lr=workload.inner_lr,
+        eval_inner_steps=workload.inner_steps,
+        eval_inner_lr=workload.inner_lr,
+        first_order=True,
+        inner_optimizer="sgd",
+        inner_batch=None,
+        outer_step_size=1.0,
+        anneal="none",
+    )
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.Adam(params.values(), lr=OUTER_LR)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        algorithm.outer_gradient(params, batch, strategy)
         optimizer.step()
 
     return step
@@ -383,12 +448,16 @@ def build_step(
     batch = make_batch(workload).to(device)
     if implementation == BASELINE:
         model = textbook_model(workload).to(device)
+        if algorithm == "reptile":
+            return textbook_reptile_step(model, batch, workload), None
         return textbook_step(model, batch, workload, first_order), None
     model = metalab_model(workload).to(device)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     layout = "contiguous" if implementation == "loop-nchw" else "auto"
     apply_memory_format(model, resolve_memory_format(layout, accelerator))  # as training does
     strategy = metalab_strategy(implementation, device)
+    if algorithm == "reptile":
+        return metalab_reptile_step(model, batch, workload, strategy), strategy
     decomposed = implementation == "loop-mvbn"
     return metalab_step(model, batch, workload, first_order, strategy, decomposed), strategy
 
@@ -677,6 +746,8 @@ def measure_all(args: argparse.Namespace, console: Console) -> list[Row]:
         console.print(f"[bold]{name}[/]: {workload.description}, meta-batch {workload.meta_batch}")
         for algorithm in args.algorithms.split(","):
             for implementation in args.strategies.split(","):
+                if algorithm == "reptile" and implementation in NOT_FOR_REPTILE:
+                    continue
                 spec = f"{implementation},{algorithm},{name}"
                 with console.status(f"measuring {spec}"):
                     row = measure_row(spec, args)
