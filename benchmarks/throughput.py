@@ -222,6 +222,12 @@ def textbook_step(
     return step
 
 
+def inner_settings(workload: Workload) -> dict[str, float | int]:
+    """The workload's inner loop, the same in training and evaluation, for metalab's rows."""
+    steps, lr = workload.inner_steps, workload.inner_lr
+    return {"inner_steps": steps, "inner_lr": lr, "eval_inner_steps": steps, "eval_inner_lr": lr}
+
+
 def textbook_reptile_step(model: nn.Module, batch: TaskBatch, workload: Workload) -> Step:
     """Reptile by the paper: per task, the workload's SGD steps on all of its examples from
     theta, then the outer gradient theta - mean(adapted) (outer step size 1), then Adam."""
@@ -262,10 +268,7 @@ def metalab_reptile_step(
     outer step size 1, no annealing), as MetaLearner.training_step runs it."""
     algorithm = Reptile(
         InnerLoop(model, task_kind(workload)),
-        inner_steps=workload.inner_steps,
-        inner_lr=workload.inner_lr,
-        eval_inner_steps=workload.inner_steps,
-        eval_inner_lr=workload.inner_lr,
+        **inner_settings(workload),
         first_order=True,
         inner_optimizer="sgd",
         inner_batch=None,
@@ -309,10 +312,7 @@ def metalab_step(
     algorithm_class = FOMAML if first_order else MAML
     algorithm = algorithm_class(
         InnerLoop(model, task_kind(workload)),
-        inner_steps=workload.inner_steps,
-        inner_lr=workload.inner_lr,
-        eval_inner_steps=workload.inner_steps,
-        eval_inner_lr=workload.inner_lr,
+        **inner_settings(workload),
         first_order=first_order,
     )
     params = dict(model.named_parameters())

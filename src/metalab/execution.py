@@ -28,13 +28,13 @@ from collections.abc import Callable
 import torch
 from torch.func import vmap
 
+from metalab import task_threads
 from metalab.data.tasks import TaskBatch
 from metalab.distributed import agree_mean, agree_min
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params
 from metalab.models.vectorised import vectorised
 from metalab.objectives import AdaptThenScore, split_objective
-from metalab.task_threads import map_tasks
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def graph_memory_mib(run: Callable[[], object], device: torch.device) -> float:
 
 def _with_own_model(algorithm: AdaptThenScore) -> AdaptThenScore:
     """A shallow copy of ``algorithm`` scoring with a copy of its model, for a worker thread
-    (``task_threads.map_tasks``)."""
+    (``task_threads.map_tasks``); made once per outer step, not per chunk."""
     own = copy.copy(algorithm)
     inner_loop = algorithm.inner_loop
     own.inner_loop = InnerLoop(copy.deepcopy(inner_loop.model), inner_loop.kind)
@@ -243,6 +243,10 @@ class HybridStrategy:
                 "set (MAML, FOMAML); use strategy=loop or strategy=auto for this one."
             )
         size = self._chunk(algorithm, params, batch)
+        workers = task_threads.workers_for(len(batch), batch.query_x.device)
+        scorers = (
+            [algorithm] if workers == 1 else [_with_own_model(algorithm) for _ in range(workers)]
+        )
         losses, metrics = [], []
         for start in range(0, len(batch), size):
             chunk = batch.slice(start, start + size)
@@ -260,13 +264,7 @@ class HybridStrategy:
                 ]
                 return loss.detach(), metric.detach(), zero_if_unused
 
-            passes = map_tasks(
-                query_pass,
-                len(chunk),
-                chunk.query_x.device,
-                own_state=lambda: _with_own_model(algorithm),
-                shared_state=algorithm,
-            )
+            passes = task_threads.map_tasks(query_pass, len(chunk), scorers)
             losses += [loss for loss, _, _ in passes]
             metrics += [metric for _, metric, _ in passes]
             surrogate = sum(

@@ -9,6 +9,7 @@ on two intra-op threads makes them take turns: hybrid's 32 query passes ran 1.49
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,29 +40,25 @@ def workers_for(tasks: int, device: torch.device) -> int:
     return max(1, min(torch.get_num_threads(), tasks))
 
 
-def map_tasks(
-    run: Callable[[int, State], Result],
-    tasks: int,
-    device: torch.device,
-    own_state: Callable[[], State],
-    shared_state: State,
-) -> list[Result]:
-    """``[run(0, state), ..., run(tasks - 1, state)]``, on worker threads where
-    ``workers_for`` allows. Without threads every call gets ``shared_state``; with them each
-    thread gets its own ``own_state()``: ``torch.func.functional_call`` swaps a module's
-    parameters in place, so two threads calling it on one module leave it holding the
-    other's tensors."""
-    workers = workers_for(tasks, device)
-    if workers == 1:
-        return [run(task, shared_state) for task in range(tasks)]
+def map_tasks(run: Callable[[int, State], Result], tasks: int, states: list[State]) -> list[Result]:
+    """``[run(0, state), ..., run(tasks - 1, state)]``, on one worker thread per state when
+    there are several: each thread holds one state for all its calls. A state per thread:
+    ``torch.func.functional_call`` swaps a module's parameters in place, so two threads
+    calling it on one module leave it holding the other's tensors."""
+    threads = min(len(states), tasks)
+    if threads <= 1:
+        return [run(task, states[0]) for task in range(tasks)]
     grad_enabled = torch.is_grad_enabled()  # thread-local too
+    free = queue.SimpleQueue()
+    for state in states[:threads]:
+        free.put(state)
     local = threading.local()
 
     def in_worker(task: int) -> Result:
         if not hasattr(local, "state"):
-            local.state = own_state()
+            local.state = free.get_nowait()
         with torch.set_grad_enabled(grad_enabled):
             return run(task, local.state)
 
-    with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
+    with intra_op_threads(1), ThreadPoolExecutor(threads) as pool:
         return list(pool.map(in_worker, range(tasks)))
