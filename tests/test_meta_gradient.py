@@ -243,6 +243,48 @@ def test_hybrid_query_threads_keep_the_model_and_the_gradient(monkeypatch):
     assert relative_error(ours, reference) < 1e-8
 
 
+@pytest.mark.parametrize("first_order", [False, True], ids=["maml", "fomaml"])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_hybrid_with_any_number_of_worker_threads_matches_reference(
+    monkeypatch, workers, first_order
+):
+    """One worker back-propagates each chunk straight into the parameters (the path of a GPU
+    and of autocast); several return their chunks' gradients and finish with one backward."""
+    from metalab import task_threads
+
+    monkeypatch.setattr(task_threads, "workers_for", lambda tasks, device: workers)
+    model, forward, kind, batch, lr = conv_case(channels=20)
+    calls = []
+
+    def backward(loss):
+        calls.append(loss)
+        loss.backward()
+
+    algorithm_cls = FOMAML if first_order else MAML
+    algorithm = algorithm_cls(InnerLoop(model, kind), 2, lr, 2, lr, first_order=first_order)
+    params = dict(model.named_parameters())
+    HybridStrategy(memory_budget_mib=1e-6).meta_gradient(
+        algorithm.meta_objective, params, batch, backward
+    )
+    assert len(calls) == (len(batch) if workers == 1 else 1)  # chunks of one task here
+    ours = [p.grad.clone() for p in model.parameters()]
+    plain = [p.detach().contiguous().requires_grad_() for p in model.parameters()]
+    reference = maml_meta_gradient(forward, plain, batch, kind.loss, 2, lr, first_order)
+    assert relative_error(ours, reference) < 1e-8
+
+
+def test_worker_threads_see_the_callers_context():
+    from metalab import task_threads
+    from metalab.models.vectorised import is_vectorised, vectorised
+
+    with vectorised(), torch.no_grad():
+        seen = task_threads.map_tasks(
+            lambda task, state: (is_vectorised(), torch.is_grad_enabled(), state), 4, ["a", "b"]
+        )
+    assert [s[:2] for s in seen] == [(True, False)] * 4
+    assert {s[2] for s in seen} <= {"a", "b"}
+
+
 def test_query_threads_only_on_a_cpu_without_autocast():
     from metalab.task_threads import workers_for
 

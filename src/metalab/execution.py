@@ -8,9 +8,10 @@ query_y)`` (an algorithm's bound ``meta_objective``) and runs it over a ``TaskBa
 - ``loop``: one task after another; the smallest memory.
 - ``vmap``: ``torch.func.vmap`` over chunks of tasks.
 - ``hybrid``: for algorithms whose objective is "adapt on the support set, then score the
-  query set once" (``metalab.objectives.AdaptThenScore``): the inner loops of all tasks
-  run as one vmap, the large query passes one task at a time with native kernels, and one
-  backward through the vectorised inner loops finishes the meta-gradient.
+  query set once" (``metalab.objectives.AdaptThenScore``): the inner loops of a chunk of
+  tasks run as one vmap, the large query passes one task at a time with native kernels, and
+  one backward through the vectorised inner loops finishes the chunk's meta-gradient; on a
+  CPU, chunks run side by side on worker threads.
 - ``auto``: times the candidates on the first batch and keeps the fastest; which one wins
   depends on the model, the workload and the device, so only a measurement can tell.
 """
@@ -185,7 +186,7 @@ def graph_memory_mib(run: Callable[[], object], device: torch.device) -> float:
 
 
 def _with_own_model(algorithm: AdaptThenScore) -> AdaptThenScore:
-    """A shallow copy of ``algorithm`` scoring with a copy of its model, for a worker thread
+    """A shallow copy of ``algorithm`` running a copy of its model, for a worker thread
     (``task_threads.map_tasks``); made once per outer step, not per chunk."""
     own = copy.copy(algorithm)
     inner_loop = algorithm.inner_loop
@@ -201,11 +202,17 @@ class HybridStrategy:
     cheap; the query sets are 15x larger, where native per-task kernels (channels-last,
     native batch norm) beat vmap's batched ones and one task's graph at a time keeps memory
     at the loop's. By the chain rule the meta-gradient is ``sum_i v_i . d(phi_i)/d(theta)``
-    with ``v_i`` the query-loss gradient at task i's adapted parameters ``phi_i``: phase 2
-    computes each ``v_i`` on a detached copy of ``phi_i`` (tasks side by side on worker
-    threads on a CPU, ``task_threads``), phase 3 back-propagates the
-    surrogate ``sum_i <phi_i, v_i>`` through the vectorised inner loops (second order, or
-    the identity path for first order). Adaptation runs in chunks sized to a memory budget.
+    with ``v_i`` the query-loss gradient at task i's adapted parameters ``phi_i``: each
+    ``v_i`` comes from a detached copy of ``phi_i``, then the surrogate ``sum_i <phi_i, v_i>``
+    is back-propagated through the vectorised inner loops (second order, or the identity
+    path for first order). Tasks go in chunks whose adaptation graphs fit a memory budget.
+
+    On a CPU the chunks run side by side on worker threads of one intra-op thread each
+    (``task_threads``): every phase of a chunk (vectorised adaptation, query passes, the
+    backward through the adaptation) then keeps a core busy, where one chunk at a time on
+    two intra-op threads leaves them taking turns on the many small and memory-bound
+    operations. A worker returns its chunk's gradient (``torch.autograd.grad``); the sum, in
+    chunk order whichever thread ran a chunk, reaches ``params`` by one ``backward``.
     """
 
     name = "hybrid"
@@ -233,6 +240,18 @@ class HybridStrategy:
             )
         return self.chunk
 
+    @staticmethod
+    def _query_pass(scorer: AdaptThenScore, adapted: Params, chunk: TaskBatch, task: int):
+        """Task ``task``'s query loss, metric and ``v`` (zeros where a parameter is unused)."""
+        leaves = {k: phi[task].detach().requires_grad_() for k, phi in adapted.items()}
+        loss, metric = scorer.query_objective(leaves, chunk.query_x[task], chunk.query_y[task])
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        zero_if_unused = [
+            torch.zeros_like(leaf) if g is None else g
+            for leaf, g in zip(leaves.values(), grads, strict=True)
+        ]
+        return loss.detach(), metric.detach(), zero_if_unused
+
     def meta_gradient(
         self, fn: TaskFn, params: Params, batch: TaskBatch, backward: Backward
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,38 +263,49 @@ class HybridStrategy:
             )
         size = self._chunk(algorithm, params, batch)
         workers = task_threads.workers_for(len(batch), batch.query_x.device)
+        if workers > 1:  # the chunks in flight together share the memory budget
+            size = max(1, size // workers)
         scorers = (
             [algorithm] if workers == 1 else [_with_own_model(algorithm) for _ in range(workers)]
         )
-        losses, metrics = [], []
-        for start in range(0, len(batch), size):
-            chunk = batch.slice(start, start + size)
-            adapted = self._adapt(algorithm, params, chunk.support_x, chunk.support_y)
+        leaves = [p for p in params.values() if p.requires_grad]
 
-            def query_pass(task: int, scorer: AdaptThenScore, chunk=chunk, adapted=adapted):
-                leaves = {k: phi[task].detach().requires_grad_() for k, phi in adapted.items()}
-                loss, metric = scorer.query_objective(
-                    leaves, chunk.query_x[task], chunk.query_y[task]
-                )
-                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-                zero_if_unused = [
-                    torch.zeros_like(leaf) if g is None else g
-                    for leaf, g in zip(leaves.values(), grads, strict=True)
-                ]
-                return loss.detach(), metric.detach(), zero_if_unused
-
-            passes = task_threads.map_tasks(query_pass, len(chunk), scorers)
-            losses += [loss for loss, _, _ in passes]
-            metrics += [metric for _, metric, _ in passes]
+        def run_chunk(index: int, scorer: AdaptThenScore):
+            chunk = batch.slice(index * size, (index + 1) * size)
+            adapted = self._adapt(scorer, params, chunk.support_x, chunk.support_y)
+            passes = [self._query_pass(scorer, adapted, chunk, t) for t in range(len(chunk))]
             surrogate = sum(
-                (phi * torch.stack([grads[i] for _, _, grads in passes])).sum()
+                (phi * torch.stack([v[i] for _, _, v in passes])).sum()
                 for i, phi in enumerate(adapted.values())
-            )
-            backward(surrogate / len(batch))
+            ) / len(batch)
+            if workers == 1:  # straight into params (and DDP's hooks, and AMP's loss scale)
+                backward(surrogate)
+                gradient = None
+            else:
+                gradient = torch.autograd.grad(surrogate, leaves, allow_unused=True)
+            return [p[0] for p in passes], [p[1] for p in passes], gradient
+
+        chunks = task_threads.map_tasks(run_chunk, -(-len(batch) // size), scorers)
+        if workers > 1:
+            backward(_inner_product(leaves, [gradient for _, _, gradient in chunks]))
+        losses = [loss for chunk_losses, _, _ in chunks for loss in chunk_losses]
+        metrics = [metric for _, chunk_metrics, _ in chunks for metric in chunk_metrics]
         return torch.stack(losses), torch.stack(metrics)
 
     def map(self, fn: TaskFn, params: Params, batch: TaskBatch) -> dict[str, torch.Tensor]:
         return LoopStrategy().map(fn, params, batch)
+
+
+def _inner_product(leaves: list[torch.Tensor], gradients: list) -> torch.Tensor:
+    """``sum_p <p, g_p>`` with ``g_p`` the sum of the chunks' gradients (in chunk order, so
+    the same bits whichever thread ran which chunk): its backward adds exactly ``g_p`` to
+    ``p.grad``."""
+    total = torch.zeros((), dtype=leaves[0].dtype, device=leaves[0].device)
+    for position, leaf in enumerate(leaves):
+        parts = [g[position] for g in gradients if g[position] is not None]
+        if parts:
+            total = total + (leaf * torch.stack(parts).sum(0)).sum()
+    return total
 
 
 class AutoStrategy:

@@ -1,14 +1,17 @@
-"""Independent per-task passes spread over Python threads of one intra-op thread each.
+"""Independent pieces of work (tasks, chunks of tasks) spread over Python threads of one
+intra-op thread each.
 
-Why: on a CPU a task's query pass mixes compute-bound convolutions with memory-bound batch
-norm, pooling and the first block's large activation. Two tasks side by side, one thread
-each, keep both the arithmetic and the memory of the cores busy, where one task at a time
-on two intra-op threads makes them take turns: hybrid's 32 query passes ran 1.49x faster
-(benchmarks/NOTES.md). Each task's arithmetic is the same; results come back in task order.
+Why: on a CPU a task's passes mix compute-bound convolutions with memory-bound batch norm,
+pooling and the first block's large activation, and a vectorised inner loop is many small
+operations. Two pieces side by side, one thread each, keep both the arithmetic and the
+memory of the cores busy, where one piece at a time on two intra-op threads makes them take
+turns: hybrid's 32 query passes ran 1.49x faster (benchmarks/NOTES.md). Each piece's
+arithmetic is the same; results come back in order.
 """
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -44,7 +47,8 @@ def map_tasks(run: Callable[[int, State], Result], tasks: int, states: list[Stat
     """``[run(0, state), ..., run(tasks - 1, state)]``, on one worker thread per state when
     there are several: each thread holds one state for all its calls. A state per thread:
     ``torch.func.functional_call`` swaps a module's parameters in place, so two threads
-    calling it on one module leave it holding the other's tensors."""
+    calling it on one module leave it holding the other's tensors. Each call sees the
+    caller's grad mode and context variables (``metalab.models.vectorised``)."""
     threads = min(len(states), tasks)
     if threads <= 1:
         return [run(task, states[0]) for task in range(tasks)]
@@ -53,12 +57,13 @@ def map_tasks(run: Callable[[int, State], Result], tasks: int, states: list[Stat
     for state in states[:threads]:
         free.put(state)
     local = threading.local()
+    context = contextvars.copy_context()
 
     def in_worker(task: int) -> Result:
         if not hasattr(local, "state"):
             local.state = free.get_nowait()
         with torch.set_grad_enabled(grad_enabled):
-            return run(task, local.state)
+            return context.copy().run(run, task, local.state)
 
     with intra_op_threads(1), ThreadPoolExecutor(threads) as pool:
         return list(pool.map(in_worker, range(tasks)))
