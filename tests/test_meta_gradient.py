@@ -15,6 +15,7 @@ from metalab.errors import ConfigError
 from metalab.execution import AutoStrategy, HybridStrategy, LoopStrategy, VmapStrategy
 from metalab.inner_loop import InnerLoop
 from metalab.losses import CLASSIFICATION, REGRESSION
+from metalab.models import fused_first_block
 from metalab.models.conv4 import Conv4
 from metalab.models.layout import apply_memory_format
 from metalab.models.mlp import MLP
@@ -81,6 +82,8 @@ CASES = {
     "conv4-channels-last": channels_last_case,
     # enough channels for the first block to fold its batch norm (metalab.models.folded_norm)
     "conv4-folded-norm": lambda: conv_case(channels=20),
+    # and whole lanes of the native kernel: hybrid's query passes pool with it
+    "conv4-fused-first-block": lambda: conv_case(channels=32),
 }
 
 
@@ -253,7 +256,12 @@ def test_hybrid_with_any_number_of_worker_threads_matches_reference(
     from metalab import task_threads
 
     monkeypatch.setattr(task_threads, "workers_for", lambda tasks, device: workers)
-    model, forward, kind, batch, lr = conv_case(channels=20)
+    fused = []
+    real_fused = fused_first_block.folded_conv_pool
+    monkeypatch.setattr(
+        fused_first_block, "folded_conv_pool", lambda *args: fused.append(1) or real_fused(*args)
+    )
+    model, forward, kind, batch, lr = conv_case(channels=32)
     calls = []
 
     def backward(loss):
@@ -267,6 +275,8 @@ def test_hybrid_with_any_number_of_worker_threads_matches_reference(
         algorithm.meta_objective, params, batch, backward
     )
     assert len(calls) == (len(batch) if workers == 1 else 1)  # chunks of one task here
+    if fused_first_block.library() is not None:
+        assert len(fused) == len(batch)  # each query pass, never the vectorised inner loop
     ours = [p.grad.clone() for p in model.parameters()]
     plain = [p.detach().contiguous().requires_grad_() for p in model.parameters()]
     reference = maml_meta_gradient(forward, plain, batch, kind.loss, 2, lr, first_order)

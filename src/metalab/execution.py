@@ -34,6 +34,7 @@ from metalab.data.tasks import TaskBatch
 from metalab.distributed import agree_mean, agree_min
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params
+from metalab.models.single_backward import backward_once
 from metalab.models.vectorised import vectorised
 from metalab.objectives import AdaptThenScore, split_objective
 
@@ -244,8 +245,9 @@ class HybridStrategy:
     def _query_pass(scorer: AdaptThenScore, adapted: Params, chunk: TaskBatch, task: int):
         """Task ``task``'s query loss, metric and ``v`` (zeros where a parameter is unused)."""
         leaves = {k: phi[task].detach().requires_grad_() for k, phi in adapted.items()}
-        loss, metric = scorer.query_objective(leaves, chunk.query_x[task], chunk.query_y[task])
-        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        with backward_once():  # differentiated once, at detached parameters
+            loss, metric = scorer.query_objective(leaves, chunk.query_x[task], chunk.query_y[task])
+            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
         zero_if_unused = [
             torch.zeros_like(leaf) if g is None else g
             for leaf, g in zip(leaves.values(), grads, strict=True)

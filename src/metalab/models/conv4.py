@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalab.errors import ConfigError
+from metalab.models import fused_first_block
 from metalab.models.folded_norm import conv_batch_stat_norm, folds
 from metalab.models.layout import LayoutConv2d
 from metalab.models.norm import BatchStatNorm
@@ -25,7 +26,8 @@ class ConvBlock(nn.Sequential):
 
     Max-pooling comes before the ReLU, on a 4x smaller tensor: both are monotone, so
     ``relu(max(z)) == max(relu(z))``, and the gradient reaches the same element (or none). A first
-    convolution with short patches absorbs its batch norm (``folded_norm``).
+    convolution with short patches absorbs its batch norm (``folded_norm``), and where its graph
+    gets one backward, its pooling too (``fused_first_block``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, norm: str) -> None:
@@ -36,6 +38,8 @@ class ConvBlock(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, norm = self[0], self[1] if isinstance(self[1], BatchStatNorm) else None
+        if norm is not None and folds(conv) and fused_first_block.applies(x, conv):
+            return F.relu(fused_first_block.folded_conv_pool(x, conv, norm))
         if norm is not None and folds(conv):
             z = conv_batch_stat_norm(x, conv, norm)
         else:

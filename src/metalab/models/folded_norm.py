@@ -45,22 +45,27 @@ def _output_side(conv: nn.Conv2d, size: int, axis: int) -> int:
     return (size + 2 * conv.padding[axis] - span) // conv.stride[axis] + 1
 
 
-def _normalising_map(rows: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> torch.Tensor:
+def normalising_map(
+    mean: torch.Tensor, covariance: torch.Tensor, conv: nn.Conv2d, norm: nn.Module
+) -> torch.Tensor:
     """The ``[patch + 1, channels]`` matrix that maps a patch, with a trailing 1, to the
-    normalised output of every channel, from the mean and covariance of all ``rows``.
+    normalised output of every channel, from the mean and covariance of all patches.
 
     The convolution's bias cancels against the mean; it is kept in the expression so that
     its gradient is an exact zero rather than missing.
     """
-    mean = rows.mean(0)
-    centred = rows - mean
-    covariance = centred.T @ centred / rows.shape[0]
-    weight = conv.weight.reshape(conv.out_channels, rows.shape[1])
+    weight = conv.weight.reshape(conv.out_channels, mean.shape[-1])
     variance = ((weight @ covariance) * weight).sum(1)
     scale = norm.weight * torch.rsqrt(variance + norm.eps)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
     shift = norm.bias + (bias - (weight @ mean + bias)) * scale
     return torch.cat([(weight * scale[:, None]).T, shift[None]])
+
+
+def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = rows.mean(0)
+    centred = rows - mean
+    return mean, centred.T @ centred / rows.shape[0]
 
 
 def conv_batch_stat_norm(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> torch.Tensor:
@@ -76,7 +81,7 @@ def conv_batch_stat_norm(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> t
     height, width = _output_side(conv, x.shape[-2], 0), _output_side(conv, x.shape[-1], 1)
     rows = patches.transpose(1, 2).reshape(-1, patch)
     with_ones = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-    out = with_ones @ _normalising_map(rows, conv, norm)
+    out = with_ones @ normalising_map(*_moments(rows), conv, norm)
     out = out.view(images, height, width, -1).permute(0, 3, 1, 2)
     if not getattr(conv, "channels_last", True) and not is_vectorised():
         out = out.contiguous()

@@ -1,0 +1,173 @@
+"""The fused first block (native kernel) computes the composite block's function and gradient."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import vmap
+
+from metalab.models import fused_first_block
+from metalab.models.conv4 import ConvBlock
+from metalab.models.layout import apply_memory_format
+from metalab.models.single_backward import backward_once
+from metalab.models.vectorised import vectorised
+
+needs_kernel = pytest.mark.skipif(
+    fused_first_block.library() is None, reason="no C compiler for the fused kernel"
+)
+
+
+def block(in_channels: int, channels: int, dtype=torch.float64, channels_last=False):
+    torch.manual_seed(0)
+    layer = ConvBlock(in_channels, channels, "batch").to(dtype)
+    with torch.no_grad():  # away from the initial affine map, so every gradient counts
+        layer[1].weight.uniform_(0.5, 1.5)
+        layer[1].bias.uniform_(-0.5, 0.5)
+    if channels_last:
+        assert apply_memory_format(layer, "channels_last")
+    return layer
+
+
+def ran_fused(out: torch.Tensor) -> bool:
+    node = out.grad_fn.next_functions[0][0]  # out = relu(pooled), NCHW: a copy between
+    while type(node).__name__ == "CloneBackward0":
+        node = node.next_functions[0][0]
+    return type(node).__name__.startswith("_FoldedPool")
+
+
+def value_and_gradients(layer, x, grad_out, fused: bool):
+    with backward_once() if fused else torch.enable_grad():
+        out = layer(x)
+        assert ran_fused(out) == fused
+        grads = torch.autograd.grad(out, list(layer.parameters()), grad_out)
+    return out, grads
+
+
+SHAPES = [  # in_channels, out_channels, side: one-channel Omniglot, odd sides, RGB patches
+    (1, 64, 28),
+    (1, 32, 15),
+    (3, 64, 12),
+    (2, 48, 9),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+@pytest.mark.parametrize(("in_channels", "channels", "side"), SHAPES)
+def test_fused_block_equals_the_composite_block_in_float64(
+    in_channels, channels, side, channels_last
+):
+    layer = block(in_channels, channels, channels_last=channels_last)
+    x = torch.rand(6, in_channels, side, side, dtype=torch.float64)
+    grad_out = torch.randn(6, channels, side // 2, side // 2, dtype=torch.float64)
+    reference, reference_grads = value_and_gradients(layer, x, grad_out, fused=False)
+    out, grads = value_and_gradients(layer, x, grad_out, fused=True)
+    assert out.shape == reference.shape
+    assert out.is_contiguous() == reference.is_contiguous()
+    torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-12)
+    for ours, theirs in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert torch.count_nonzero(grads[1]) == 0  # the convolution's bias cancels exactly
+
+
+@needs_kernel
+def test_fused_block_in_float32_agrees_to_rounding():
+    layer = block(1, 64, torch.float32, channels_last=True)
+    x = torch.rand(20, 1, 28, 28)
+    grad_out = torch.randn(20, 64, 14, 14)
+    reference, reference_grads = value_and_gradients(layer, x, grad_out, fused=False)
+    out, grads = value_and_gradients(layer, x, grad_out, fused=True)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernel
+def test_ties_go_to_the_first_position_of_the_window_as_in_max_pool2d():
+    """A blank image makes the four products of an inner window equal: the gradient must
+    reach the same (first) position as max_pool2d's."""
+    layer = block(1, 32)
+    x = torch.zeros(3, 1, 8, 8, dtype=torch.float64)
+    x[:, :, 2:6, 2:6] = 1.0
+    grad_out = torch.randn(3, 32, 4, 4, dtype=torch.float64)
+    reference, reference_grads = value_and_gradients(layer, x, grad_out, fused=False)
+    out, grads = value_and_gradients(layer, x, grad_out, fused=True)
+    torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-12)
+    for ours, theirs in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+@needs_kernel
+def test_patch_moments_equal_those_of_the_unfolded_patches():
+    x = torch.rand(5, 3, 11, 13, dtype=torch.float64)
+    mean, covariance = fused_first_block.patch_moments(x)
+    rows = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 27)
+    centred = rows - rows.mean(0)
+    torch.testing.assert_close(mean, rows.mean(0), rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(covariance, centred.T @ centred / len(rows), rtol=1e-12, atol=1e-15)
+
+
+@needs_kernel
+def test_where_the_fused_path_applies():
+    layer = block(1, 32)
+    conv = layer[0]
+    x = torch.rand(4, 1, 10, 10, dtype=torch.float64)
+    assert not fused_first_block.applies(x, conv)  # a graph that may be differentiated twice
+    with torch.no_grad():
+        assert fused_first_block.applies(x, conv)
+    with backward_once():
+        assert fused_first_block.applies(x, conv)
+        assert not fused_first_block.applies(x.clone().requires_grad_(), conv)
+        assert not fused_first_block.applies(x.float(), conv)  # weights in float64
+        assert not fused_first_block.applies(x, block(1, 24)[0])  # not whole lanes
+        seen = []
+
+        def under_vmap(images):
+            seen.append(fused_first_block.applies(images, conv))
+            return images.sum()
+
+        vmap(under_vmap)(x[None])  # vectorised() or not: a batched tensor has no data here
+        with vectorised():
+            vmap(under_vmap)(x[None])
+        assert seen == [False, False]
+
+
+@needs_kernel
+def test_a_second_backward_through_the_fused_block_is_refused():
+    layer = block(1, 32)
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    with backward_once():
+        out = layer(x)
+        assert ran_fused(out)
+    with pytest.raises(RuntimeError, match="one backward pass.*create_graph=True"):
+        torch.autograd.grad(out.square().sum(), list(layer.parameters()), create_graph=True)
+
+
+def test_without_a_compiler_the_composite_path_runs(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(fused_first_block, "fallback_folders", lambda _: [tmp_path])
+    fused_first_block._library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, "metalab.models.fused_first_block"):
+            assert fused_first_block.library() is None
+        assert "composite path runs instead" in caplog.text
+        layer = block(1, 32)
+        x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+        with backward_once():
+            assert not fused_first_block.applies(x, layer[0])
+            out = layer(x)
+        assert out.shape == (2, 32, 4, 4) and not ran_fused(out)
+    finally:
+        fused_first_block._library.cache_clear()
+
+
+def test_the_kernel_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("METALAB_NATIVE_KERNELS", "0")
+    fused_first_block._library.cache_clear()
+    try:
+        assert fused_first_block.library() is None
+    finally:
+        fused_first_block._library.cache_clear()
