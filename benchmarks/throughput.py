@@ -475,7 +475,8 @@ def measure_one(spec: str, args: argparse.Namespace) -> Row:
     )
     peak = peak_memory_mib(device)
     label = IMPLEMENTATIONS[implementation]
-    timings = getattr(strategy, "timings", None)
+    # auto's trial: of the meta-gradient (MAML, FOMAML), else of the per-task map (Reptile)
+    timings = getattr(strategy, "timings", None) or getattr(strategy, "map_timings", None)
     if implementation == "auto":
         label = f"metalab {strategy.name}"
     return Row(

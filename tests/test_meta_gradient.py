@@ -146,6 +146,12 @@ class SleepyLoop(LoopStrategy):
         time.sleep(self.delay)
         return super().meta_gradient(*args)
 
+    def map(self, *args):
+        import time
+
+        time.sleep(self.delay)
+        return super().map(*args)
+
 
 @pytest.mark.parametrize("slow_first", [True, False])
 def test_auto_keeps_the_candidate_it_measured_fastest(slow_first):
@@ -155,6 +161,53 @@ def test_auto_keeps_the_candidate_it_measured_fastest(slow_first):
     metalab_meta_gradient(model, kind, batch, auto, 1, lr, False)
     assert auto.chosen is fast and auto.name == "auto -> fast"
     assert set(auto.timings) == {"slow", "fast"}
+
+
+def test_auto_chooses_the_per_task_map_apart_from_the_meta_gradient():
+    """Reptile's training and every evaluation go through map: auto times it on its own."""
+    model, _, kind, batch, lr = mlp_case()
+    algorithm = MAML(InnerLoop(model, kind), 1, lr, 1, lr)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    slow, fast = SleepyLoop(0.3, "slow"), SleepyLoop(0.0, "fast")
+    auto = AutoStrategy([slow, fast], min_seconds=0.0)
+    with torch.enable_grad():
+        mapped = auto.map(algorithm.evaluate, params, batch)
+    assert auto.chosen is None and auto.chosen_map is fast
+    assert set(auto.map_timings) == {"slow", "fast"} and auto.name == "auto -> fast"
+    with torch.enable_grad():
+        reference = LoopStrategy().map(algorithm.evaluate, params, batch)
+    for key, value in reference.items():
+        torch.testing.assert_close(mapped[key], value)
+    metalab_meta_gradient(model, kind, batch, auto, 1, lr, False)
+    assert auto.chosen is fast and auto.chosen_map is fast
+
+
+def test_auto_keeps_both_choices_across_a_checkpoint():
+    loop, vmap = LoopStrategy(), VmapStrategy(chunk=3)
+    auto = AutoStrategy([loop, vmap])
+    auto.chosen, auto.timings = loop, {"loop": 2.0}
+    auto.chosen_map, auto.map_timings = vmap, {"vmap(chunk=3)": 9.0, "loop": 2.0}
+    state = auto.state_dict()
+    vmap.chunk = None
+    resumed_loop, resumed_vmap = LoopStrategy(), VmapStrategy(chunk=None)
+    resumed = AutoStrategy([resumed_loop, resumed_vmap])
+    resumed.load_state_dict(state)
+    assert resumed.chosen is resumed_loop and resumed.chosen_map is resumed_vmap
+    assert resumed_vmap.chunk == 3 and resumed.map_timings == auto.map_timings
+    assert resumed.name == "auto -> loop (per-task maps: vmap(chunk=3))"
+    earlier = AutoStrategy([LoopStrategy(), VmapStrategy()])  # a checkpoint without a map
+    earlier.load_state_dict({"chosen": 0, "chunk": None, "timings": {"loop": 1.0}})
+    assert earlier.chosen is earlier.candidates[0] and earlier.chosen_map is None
+
+
+def test_auto_maps_a_convolutional_model_on_the_cpu_with_the_loop_untimed():
+    model, _, kind, batch, lr = conv_case()
+    algorithm = MAML(InnerLoop(model, kind), 1, lr, 1, lr)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    auto = AutoStrategy([LoopStrategy(), VmapStrategy(chunk=None, memory_budget_mib=1e9)])
+    with torch.enable_grad():
+        auto.map(algorithm.evaluate, params, batch)
+    assert auto.chosen_map is auto.candidates[0] and set(auto.map_timings) == {"loop"}
 
 
 @pytest.mark.parametrize("channels", [4, 20], ids=["layers", "folded-norm"])

@@ -317,6 +317,10 @@ class AutoStrategy:
     falls with the batch). After a warm-up, each candidate runs until ``min_seconds`` have
     passed or ``max_repeats`` runs, at least ``min_repeats``, the candidates taking turns;
     the fastest run counts, since on a shared machine noise only adds time.
+
+    ``meta_gradient`` and ``map`` are chosen apart, each on its first call: the first
+    serves MAML-style training, the second Reptile's training and every algorithm's
+    evaluation, and the fastest path for one is not always the fastest for the other.
     """
 
     def __init__(
@@ -330,10 +334,16 @@ class AutoStrategy:
         self.min_repeats, self.max_repeats, self.min_seconds = min_repeats, max_repeats, min_seconds
         self.chosen = None
         self.timings: dict[str, float] = {}
+        self.chosen_map = None
+        self.map_timings: dict[str, float] = {}
 
     @property
     def name(self) -> str:
-        return f"auto -> {self.chosen.name}" if self.chosen else "auto (not yet measured)"
+        if self.chosen is None and self.chosen_map is None:
+            return "auto (not yet measured)"
+        if self.chosen is None or self.chosen_map is None or self.chosen is self.chosen_map:
+            return f"auto -> {(self.chosen or self.chosen_map).name}"
+        return f"auto -> {self.chosen.name} (per-task maps: {self.chosen_map.name})"
 
     def _wants_more(self, runs: list[float]) -> bool:
         return len(runs) < self.max_repeats and (
@@ -350,8 +360,27 @@ class AutoStrategy:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    def _runnable(self, fn: TaskFn, params: Params, batch: TaskBatch) -> dict[str, Callable]:
-        """Each candidate that can run this objective, warmed up, as a timed call.
+    def _skips_vmap(
+        self, strategy, fn: TaskFn, params: Params, batch: TaskBatch, mapping: bool
+    ) -> bool:
+        if not isinstance(strategy, VmapStrategy) or len(self.candidates) == 1:
+            return False
+        if not batch.support_x.is_cuda and any(p.dim() >= 4 for p in params.values()):
+            # vmap of per-task convolutions measured 0.5x the loop at 3.6-5x its memory on
+            # a CPU (benchmarks/README.md); trying it would only raise auto's peak memory.
+            log.info("strategy=auto: skipping vmap for a convolutional model on the CPU")
+            return True
+        # a map keeps no graph: it is not sized (its chunk is the meta-gradient's, or all tasks)
+        if not mapping and strategy.size_chunk(fn, params, batch) == 1 < len(batch):
+            log.info("strategy=auto: skipping vmap, one task per chunk is the loop")
+            return True
+        return False
+
+    def _runnable(
+        self, fn: TaskFn, params: Params, batch: TaskBatch, mapping: bool = False
+    ) -> dict[str, tuple[object, Callable, float]]:
+        """Each candidate that can run this function, warmed up: the strategy, a call of it,
+        and the warm-up's seconds.
 
         The first candidate (the loop, always runnable) comes last: the heap its graph frees
         fits inside a hybrid graph's, the reverse grows it (auto's peak memory read 1.68x the
@@ -362,90 +391,95 @@ class AutoStrategy:
         def discard(loss: torch.Tensor) -> None:
             torch.autograd.grad(loss, leaves, allow_unused=True)
 
-        convolutional_on_cpu = not batch.support_x.is_cuda and any(
-            p.dim() >= 4 for p in params.values()
-        )
-        runnable: dict[str, Callable] = {}
+        runnable: dict[str, tuple[object, Callable, float]] = {}
+        on_cuda = batch.support_x.is_cuda
         for strategy in self.candidates[1:] + self.candidates[:1]:
-            if isinstance(strategy, HybridStrategy) and split_objective(fn) is None:
-                continue
-            if (
-                isinstance(strategy, VmapStrategy)
-                and convolutional_on_cpu
-                and len(self.candidates) > 1
-            ):
-                # vmap of per-task convolutions measured 0.5x the loop at 3.6-5x its memory on
-                # a CPU (benchmarks/README.md); trying it would only raise auto's peak memory.
-                log.info("strategy=auto: skipping vmap for a convolutional model on the CPU")
-                continue
-            if (
-                isinstance(strategy, VmapStrategy)
-                and len(self.candidates) > 1
-                and strategy.size_chunk(fn, params, batch) == 1 < len(batch)
-            ):
-                log.info("strategy=auto: skipping vmap, one task per chunk is the loop")
+            if isinstance(strategy, HybridStrategy) and (mapping or split_objective(fn) is None):
+                continue  # hybrid maps with the loop, and needs an adapt-then-score objective
+            if self._skips_vmap(strategy, fn, params, batch, mapping):
                 continue
 
             def run(s=strategy) -> object:
+                if mapping:
+                    return s.map(fn, params, batch)
                 return s.meta_gradient(fn, params, batch, discard)
 
             try:
-                run()  # warm-up (vmap's first call alone can take seconds)
+                warm_up = self._time(run, on_cuda)  # vmap's first call alone can take seconds
             except RuntimeError as error:  # e.g. vmap refuses a model's random ops (DropBlock)
                 if strategy is self.candidates[0]:
                     raise
                 log.info("strategy=auto: %s cannot run this model (%s)", strategy.name, error)
                 continue
-            runnable[strategy.name] = run
+            runnable[strategy.name] = (strategy, run, warm_up)
         return runnable
 
-    def _measure(self, fn: TaskFn, params: Params, batch: TaskBatch) -> None:
+    def _fastest(self, runnable: dict, batch: TaskBatch, what: str) -> tuple[object, dict]:
         """Times the candidates in turns, one run each per round, so that a machine that
-        slows down or speeds up during the trial weighs on all of them alike."""
-        runnable = self._runnable(fn, params, batch)
+        slows down or speeds up during the trial weighs on all of them alike; a lone
+        candidate is taken as its warm-up timed it."""
         on_cuda = batch.support_x.is_cuda
         runs: dict[str, list[float]] = {name: [] for name in runnable}
-        while any(self._wants_more(r) for r in runs.values()):
-            for name, run in runnable.items():
+        if len(runnable) == 1:
+            (name, (_, _, warm_up)), = runnable.items()
+            runs[name].append(warm_up)
+        while len(runnable) > 1 and any(self._wants_more(r) for r in runs.values()):
+            for name, (_, run, _) in runnable.items():
                 if self._wants_more(runs[name]):
                     runs[name].append(self._time(run, on_cuda))
-        self.timings = {name: len(batch) / min(r) for name, r in runs.items()}
-        names = list(self.timings)  # the same on every rank: skips depend on fn and chunks only
-        self.timings = dict(zip(names, agree_mean([self.timings[n] for n in names]), strict=True))
-        measured = [s for s in self.candidates if s.name in self.timings]
-        self.chosen = max(measured, key=lambda s: self.timings[s.name])
-        rates = ", ".join(f"{name} {rate:.1f} tasks/s" for name, rate in self.timings.items())
-        log.info("strategy=auto measured %s; chose %s", rates, self.chosen.name)
+        names = list(runs)  # the same on every rank: skips depend on fn and chunks only
+        rates = agree_mean([len(batch) / min(runs[name]) for name in names])
+        timings = dict(zip(names, rates, strict=True))
+        chosen = max((runnable[name][0] for name in names), key=lambda s: timings[s.name])
+        measured = ", ".join(f"{name} {rate:.1f} tasks/s" for name, rate in timings.items())
+        log.info("strategy=auto measured the %s: %s; chose %s", what, measured, chosen.name)
+        return chosen, timings
 
     def meta_gradient(
         self, fn: TaskFn, params: Params, batch: TaskBatch, backward: Backward
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.chosen is None:
-            self._measure(fn, params, batch)
+            runnable = self._runnable(fn, params, batch)
+            self.chosen, self.timings = self._fastest(runnable, batch, "meta-gradient")
         return self.chosen.meta_gradient(fn, params, batch, backward)
 
     def map(self, fn: TaskFn, params: Params, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        return (self.chosen or self.candidates[0]).map(fn, params, batch)
+        if self.chosen_map is None:
+            runnable = self._runnable(fn, params, batch, mapping=True)
+            self.chosen_map, self.map_timings = self._fastest(runnable, batch, "per-task map")
+        return self.chosen_map.map(fn, params, batch)
 
     def state_dict(self) -> dict[str, object]:
-        """The choice, for checkpoints: a resumed run keeps it instead of timing again (a new
-        pick could differ in the last bits of the gradient from the uninterrupted run's)."""
-        if self.chosen is None:
-            return {}
-        return {
-            "chosen": self.candidates.index(self.chosen),
-            "chunk": getattr(self.chosen, "chunk", None),
-            "timings": dict(self.timings),
-        }
+        """The choices, for checkpoints: a resumed run keeps them instead of timing again (a
+        new pick could differ in the last bits of the gradient from the uninterrupted run's)."""
+        state: dict[str, object] = {}
+        if self.chosen is not None:
+            state.update(
+                chosen=self.candidates.index(self.chosen),
+                chunk=getattr(self.chosen, "chunk", None),
+                timings=dict(self.timings),
+            )
+        if self.chosen_map is not None:
+            state.update(
+                chosen_map=self.candidates.index(self.chosen_map),
+                map_chunk=getattr(self.chosen_map, "chunk", None),
+                map_timings=dict(self.map_timings),
+            )
+        return state
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        if not state:
-            return
-        self.chosen = self.candidates[int(state["chosen"])]
-        if isinstance(self.chosen, VmapStrategy):
-            self.chosen.chunk = state["chunk"]
-        self.timings = dict(state["timings"])
-        log.info("strategy=auto: kept the checkpoint's choice, %s", self.chosen.name)
+        if "chosen" in state:
+            self.chosen = self.candidates[int(state["chosen"])]
+            if isinstance(self.chosen, VmapStrategy):
+                self.chosen.chunk = state["chunk"]
+            self.timings = dict(state["timings"])
+        if "chosen_map" in state:
+            self.chosen_map = self.candidates[int(state["chosen_map"])]
+            if isinstance(self.chosen_map, VmapStrategy) and self.chosen_map is not self.chosen:
+                self.chosen_map.chunk = state["map_chunk"]
+            self.map_timings = dict(state["map_timings"])
+        if state:
+            log.info("strategy=auto: kept the checkpoint's choice, %s", self.name)
 
 
 STRATEGIES = ("loop", "vmap", "hybrid", "auto")
