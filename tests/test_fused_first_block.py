@@ -46,6 +46,19 @@ def value_and_gradients(layer, x, grad_out, fused: bool):
     return out, grads
 
 
+def assert_fused_matches_composite(layer, x, grad_out, value_tol, grad_rtol, grad_atol):
+    """The fused block's value and parameter gradients against the composite block's; the
+    fused gradients are returned."""
+    reference, reference_grads = value_and_gradients(layer, x, grad_out, fused=False)
+    out, grads = value_and_gradients(layer, x, grad_out, fused=True)
+    assert out.shape == reference.shape
+    assert out.is_contiguous() == reference.is_contiguous()
+    torch.testing.assert_close(out, reference, rtol=value_tol, atol=value_tol)
+    for ours, theirs in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=grad_rtol, atol=grad_atol)
+    return grads
+
+
 SHAPES = [  # in_channels, out_channels, side: one-channel Omniglot, odd sides, RGB patches
     (1, 64, 28),
     (1, 32, 15),
@@ -63,13 +76,7 @@ def test_fused_block_equals_the_composite_block_in_float64(
     layer = block(in_channels, channels, channels_last=channels_last)
     x = torch.rand(6, in_channels, side, side, dtype=torch.float64)
     grad_out = torch.randn(6, channels, side // 2, side // 2, dtype=torch.float64)
-    reference, reference_grads = value_and_gradients(layer, x, grad_out, fused=False)
-    out, grads = value_and_gradients(layer, x, grad_out, fused=True)
-    assert out.shape == reference.shape
-    assert out.is_contiguous() == reference.is_contiguous()
-    torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-12)
-    for ours, theirs in zip(grads, reference_grads, strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    grads = assert_fused_matches_composite(layer, x, grad_out, 1e-12, 1e-10, 1e-12)
     assert torch.count_nonzero(grads[1]) == 0  # the convolution's bias cancels exactly
 
 
@@ -78,11 +85,7 @@ def test_fused_block_in_float32_agrees_to_rounding():
     layer = block(1, 64, torch.float32, channels_last=True)
     x = torch.rand(20, 1, 28, 28)
     grad_out = torch.randn(20, 64, 14, 14)
-    reference, reference_grads = value_and_gradients(layer, x, grad_out, fused=False)
-    out, grads = value_and_gradients(layer, x, grad_out, fused=True)
-    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
-    for ours, theirs in zip(grads, reference_grads, strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert_fused_matches_composite(layer, x, grad_out, 1e-5, 1e-4, 1e-5)
 
 
 @needs_kernel
@@ -93,11 +96,7 @@ def test_ties_go_to_the_first_position_of_the_window_as_in_max_pool2d():
     x = torch.zeros(3, 1, 8, 8, dtype=torch.float64)
     x[:, :, 2:6, 2:6] = 1.0
     grad_out = torch.randn(3, 32, 4, 4, dtype=torch.float64)
-    reference, reference_grads = value_and_gradients(layer, x, grad_out, fused=False)
-    out, grads = value_and_gradients(layer, x, grad_out, fused=True)
-    torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-12)
-    for ours, theirs in zip(grads, reference_grads, strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert_fused_matches_composite(layer, x, grad_out, 1e-12, 1e-10, 1e-12)
 
 
 @needs_kernel

@@ -38,9 +38,9 @@ class ConvBlock(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, norm = self[0], self[1] if isinstance(self[1], BatchStatNorm) else None
-        if norm is not None and folds(conv) and fused_first_block.applies(x, conv):
-            return F.relu(fused_first_block.folded_conv_pool(x, conv, norm))
         if norm is not None and folds(conv):
+            if fused_first_block.applies(x, conv):
+                return F.relu(fused_first_block.folded_conv_pool(x, conv, norm))
             z = conv_batch_stat_norm(x, conv, norm)
         else:
             z = conv(x) if norm is None else norm(conv(x))

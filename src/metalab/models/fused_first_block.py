@@ -125,17 +125,12 @@ def library() -> ctypes.CDLL | None:
         return _library()
 
 
-def _shape(x: torch.Tensor) -> tuple[int, int, int, int]:
-    images, channels, height, width = x.shape
-    return images, channels, height, width
-
-
 def patch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (biased) covariance of the 3x3 zero-padded patches of ``x``, summed in float64.
 
     Constants for autograd: ``x`` is data here (``applies`` requires it).
     """
-    images, channels, height, width = _shape(x)
+    images, channels, height, width = x.shape
     patch = channels * 9
     total = torch.empty(patch, dtype=torch.float64)
     outer = torch.empty(patch, patch, dtype=torch.float64)
@@ -153,7 +148,7 @@ class _FoldedPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, the_map: torch.Tensor) -> torch.Tensor:
-        images, channels, height, width = _shape(x)
+        images, channels, height, width = x.shape
         out_channels = the_map.shape[1]
         the_map = the_map.contiguous()
         shape = (images, height // 2, width // 2, out_channels)
@@ -183,7 +178,7 @@ class _FoldedPool(torch.autograd.Function):
                 "metalab.models.single_backward.backward_once()."
             )
         x, argmax = ctx.saved_tensors
-        images, channels, height, width = _shape(x)
+        images, channels, height, width = x.shape
         out_channels = argmax.shape[-1]
         grad = grad.permute(0, 2, 3, 1).contiguous()
         grad_map = torch.empty(channels * 9 + 1, out_channels, dtype=x.dtype)
