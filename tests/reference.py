@@ -17,16 +17,20 @@ def mlp_forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w_out, b_out)
 
 
-def conv4_forward(params: list[torch.Tensor], x: torch.Tensor, norm: bool = True) -> torch.Tensor:
+def conv4_forward(
+    params: list[torch.Tensor], x: torch.Tensor, norm: bool = True, strided: bool = False
+) -> torch.Tensor:
+    """Conv-4 as the papers write it; ``strided``: MAML's Omniglot network (stride-2
+    convolutions, no pooling, the head on the mean of the last feature map)."""
     per_block = 4 if norm else 2
     *blocks, w_head, b_head = params
     for i in range(0, len(blocks), per_block):
         w, b = blocks[i], blocks[i + 1]
-        x = F.conv2d(x, w, b, padding=1)
+        x = F.conv2d(x, w, b, stride=2 if strided else 1, padding=1)
         if norm:
             x = F.batch_norm(x, None, None, blocks[i + 2], blocks[i + 3], training=True)
-        x = F.max_pool2d(F.relu(x), 2)
-    return F.linear(x.flatten(1), w_head, b_head)
+        x = F.relu(x) if strided else F.max_pool2d(F.relu(x), 2)
+    return F.linear(x.mean((-2, -1)) if strided else x.flatten(1), w_head, b_head)
 
 
 def maml_meta_gradient(

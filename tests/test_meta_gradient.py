@@ -61,10 +61,13 @@ def mlp_case():
     return model, mlp_forward, REGRESSION, sample_batch(SinusoidTasks(5, 7), tasks=5), 0.01
 
 
-def conv_case(norm: str = "batch", channels: int = 4):
+def conv_case(norm: str = "batch", channels: int = 4, strided: bool = False):
     torch.manual_seed(0)
-    model = Conv4(1, 3, image_size=16, channels=channels, norm=norm).double()
-    forward = lambda p, x: conv4_forward(p, x, norm=norm == "batch")  # noqa: E731
+    model = Conv4(
+        1, 3, image_size=16, channels=channels, norm=norm,
+        downsample="stride" if strided else "maxpool", global_pool=strided,
+    ).double()  # fmt: skip
+    forward = lambda p, x: conv4_forward(p, x, norm=norm == "batch", strided=strided)  # noqa: E731
     batch = sample_batch(NWayKShot(RandomImages(), ways=3, shots=2, queries=2), tasks=5)
     return model, forward, CLASSIFICATION, batch, 0.4
 
@@ -84,6 +87,10 @@ CASES = {
     "conv4-folded-norm": lambda: conv_case(channels=20),
     # and whole lanes of the native kernel: hybrid's query passes pool with it
     "conv4-fused-first-block": lambda: conv_case(channels=32),
+    # MAML's Omniglot network: stride-2 convolutions, the head on the mean feature
+    "conv4-strided": lambda: conv_case(strided=True),
+    "conv4-strided-nonorm": lambda: conv_case("none", strided=True),
+    "conv4-strided-folded-norm": lambda: conv_case(channels=20, strided=True),
 }
 
 

@@ -40,6 +40,8 @@ def _build_with_head(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> 
             channels=int(cfg.channels),
             blocks=int(cfg.blocks),
             norm=str(cfg.norm),
+            downsample=str(cfg.get("downsample", "maxpool")),
+            global_pool=bool(cfg.get("global_pool", False)),
         )
     if cfg.name == "resnet12":
         _require_images(cfg.name, in_shape)

@@ -1,8 +1,11 @@
 """Conv-4: the four-block convolutional backbone of MAML, ProtoNets and most few-shot work.
 
-Each block is a 3x3 convolution, normalisation, ReLU and 2x2 max-pooling; a linear head
-maps the flattened features to the classes of a task. The blocks compute exactly that
-function, in an order that costs less (``ConvBlock``).
+Each block is a 3x3 convolution, normalisation, ReLU and a halving of the image: 2x2
+max-pooling (ProtoNets, Matching Networks, MAML on mini-ImageNet) or a stride-2 convolution
+(MAML's Omniglot network, ``downsample="stride"``: about 3.7x fewer FLOPs per image). A linear
+head maps the features to the classes of a task: all of them flattened, or, with
+``global_pool``, their mean over positions (what MAML's Omniglot code does, ``reduce_mean``).
+The blocks compute exactly that function, in an order that costs less (``ConvBlock``).
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from metalab.models.layout import LayoutConv2d
 from metalab.models.norm import BatchStatNorm
 
 NORMS = ("batch", "none")
+DOWNSAMPLES = ("maxpool", "stride")
 
 
 class ConvBlock(nn.Sequential):
     """3x3 convolution, normalisation, ReLU and 2x2 max-pooling, children 0-3 as checkpoints
-    name them, run with two exact rewrites that cost less than the layers in turn.
+    name them, run with two exact rewrites that cost less than the layers in turn; with
+    ``downsample="stride"`` a stride-2 convolution (padding 1), normalisation and ReLU instead.
 
     Max-pooling comes before the ReLU, on a 4x smaller tensor: both are monotone, so
     ``relu(max(z)) == max(relu(z))``, and the gradient reaches the same element (or none). A first
@@ -30,26 +35,38 @@ class ConvBlock(nn.Sequential):
     gets one backward, its pooling too (``fused_first_block``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm: str) -> None:
-        layers: list[nn.Module] = [LayoutConv2d(in_channels, out_channels, 3, padding=1)]
+    def __init__(
+        self, in_channels: int, out_channels: int, norm: str, downsample: str = "maxpool"
+    ) -> None:
+        pools = downsample == "maxpool"
+        stride = 1 if pools else 2
+        layers: list[nn.Module] = [
+            LayoutConv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+        ]
         if norm == "batch":
             layers.append(BatchStatNorm(out_channels))
-        super().__init__(*layers, nn.ReLU(), nn.MaxPool2d(2))
+        layers.append(nn.ReLU())
+        if pools:
+            layers.append(nn.MaxPool2d(2))
+        super().__init__(*layers)
+        self.pools = pools
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, norm = self[0], self[1] if isinstance(self[1], BatchStatNorm) else None
         if norm is not None and folds(conv):
-            if fused_first_block.applies(x, conv):
+            if self.pools and fused_first_block.applies(x, conv):
                 return F.relu(fused_first_block.folded_conv_pool(x, conv, norm))
             z = conv_batch_stat_norm(x, conv, norm)
         else:
             z = conv(x) if norm is None else norm(conv(x))
-        return F.relu(F.max_pool2d(z, 2))
+        return F.relu(F.max_pool2d(z, 2) if self.pools else z)
 
 
-def feature_size(image_size: int, blocks: int) -> int:
+def feature_size(image_size: int, blocks: int, downsample: str = "maxpool") -> int:
+    """The side of the last feature map: max-pooling floors odd sides, a stride-2 3x3
+    convolution with padding 1 rounds them up."""
     for _ in range(blocks):
-        image_size //= 2
+        image_size = image_size // 2 if downsample == "maxpool" else (image_size + 1) // 2
     return image_size
 
 
@@ -62,23 +79,36 @@ class Conv4(nn.Module):
         channels: int = 64,
         blocks: int = 4,
         norm: str = "batch",
+        downsample: str = "maxpool",
+        global_pool: bool = False,
     ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ConfigError(
                 f"model.norm={norm!r} is not known: choose one of {', '.join(NORMS)}."
             )
-        side = feature_size(image_size, blocks)
+        if downsample not in DOWNSAMPLES:
+            raise ConfigError(
+                f"model.downsample={downsample!r} is not known: choose one of "
+                f"{', '.join(DOWNSAMPLES)}."
+            )
+        side = feature_size(image_size, blocks, downsample)
         if side < 1:
             raise ConfigError(
                 f"{image_size}x{image_size} images are too small for {blocks} pooling blocks: "
                 "use larger images or fewer model.blocks."
             )
+        self.global_pool = bool(global_pool)
         widths = [in_channels] + [channels] * blocks
         self.features = nn.Sequential(
-            *(ConvBlock(a, b, norm) for a, b in zip(widths[:-1], widths[1:], strict=True))
+            *(
+                ConvBlock(a, b, norm, downsample)
+                for a, b in zip(widths[:-1], widths[1:], strict=True)
+            )
         )
-        self.head = nn.Linear(channels * side * side, out_features)
+        self.head = nn.Linear(channels * (1 if self.global_pool else side * side), out_features)
 
     def forward(self, x):
-        return self.head(self.features(x).flatten(1))
+        features = self.features(x)
+        features = features.mean((-2, -1)) if self.global_pool else features.flatten(1)
+        return self.head(features)
