@@ -90,12 +90,16 @@ def test_non_transductive_evaluation_is_named_in_the_protocol(jobs):
     assert "non-transductive" in protocol(cfg)["batch_norm"]
 
 
-@pytest.mark.parametrize("scheduler,factors", [("linear", [1.0, 0.75, 0.5]), ("none", [1.0] * 3)])
+@pytest.mark.parametrize(
+    "scheduler,factors",
+    [("linear", [1.0, 0.75, 0.5]), ("none", [1.0] * 3), ("step", [1.0, 1.0, 0.5, 0.5, 0.25])],
+)
 def test_outer_optimizer_and_schedule_follow_the_config(jobs, scheduler, factors):
     from types import SimpleNamespace
 
     cfg = OmegaConf.create(read_results(jobs["reptile"])["config"])
     cfg.optimizer.scheduler = scheduler
+    cfg.optimizer.step_size, cfg.optimizer.gamma = 2, 0.5
     module = build_module(cfg, (1, 28, 28), 5)
     module._trainer = SimpleNamespace(max_steps=4)
     configured = module.configure_optimizers()

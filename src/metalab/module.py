@@ -205,10 +205,19 @@ class MetaLearner(pl.LightningModule):
             factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
         elif opt_cfg.scheduler == "linear":
             factor = lambda step: max(0.0, 1 - step / total)  # noqa: E731
+        elif opt_cfg.scheduler == "step":
+            every, gamma = opt_cfg.get("step_size"), float(opt_cfg.get("gamma", 0.5))
+            if not isinstance(every, int) or every < 1:
+                raise MetalabError(
+                    f"optimizer.step_size={every!r}: optimizer.scheduler=step multiplies the "
+                    "outer lr by optimizer.gamma every step_size outer steps; set it to an "
+                    "integer >= 1 (ProtoNets: 2000)."
+                )
+            factor = lambda step: gamma ** (step // every)  # noqa: E731
         else:
             raise MetalabError(
-                f"optimizer.scheduler={opt_cfg.scheduler!r} is not known: choose none, cosine or "
-                "linear."
+                f"optimizer.scheduler={opt_cfg.scheduler!r} is not known: choose none, cosine, "
+                "linear or step."
             )
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
