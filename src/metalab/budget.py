@@ -49,3 +49,40 @@ class CpuTimeBudget(pl.Callback):
                 trainer.global_step,
             )
             trainer.should_stop = True
+
+
+class TrainingClock(pl.Callback):
+    """Logs ``time/cpu_seconds`` (this process, all threads) and ``time/wall_seconds`` of
+    training at every validation, so that a run's validation curve can be read against the
+    time it cost (time to accuracy in ``metalab-compare``). Both travel in checkpoints: a
+    resumed run goes on counting from where the interrupted one stopped."""
+
+    def __init__(self) -> None:
+        self.cpu_before = 0.0
+        self.wall_before = 0.0
+        self.start: tuple[float, float] | None = None
+
+    def seconds(self) -> tuple[float, float]:
+        """(CPU, wall) seconds of training so far, earlier attempts included."""
+        if self.start is None:
+            return self.cpu_before, self.wall_before
+        cpu, wall = time.process_time() - self.start[0], time.perf_counter() - self.start[1]
+        return self.cpu_before + cpu, self.wall_before + wall
+
+    def state_dict(self) -> dict:
+        cpu, wall = self.seconds()
+        return {"cpu_seconds": cpu, "wall_seconds": wall}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.cpu_before = float(state_dict.get("cpu_seconds", 0.0))
+        self.wall_before = float(state_dict.get("wall_seconds", 0.0))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = (time.process_time(), time.perf_counter())
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.start is None:
+            return
+        cpu, wall = self.seconds()
+        pl_module.log("time/cpu_seconds", cpu)
+        pl_module.log("time/wall_seconds", wall)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,11 @@ def mean_and_ci95(values: torch.Tensor) -> tuple[float, float]:
 
 
 def git_commit() -> str | None:
-    """The commit of the metalab checkout in use, or None for an installed wheel."""
+    """The commit of the metalab checkout in use, or None for an installed wheel;
+    ``METALAB_GIT_COMMIT`` names it where the code was copied without its .git (an image,
+    an archive)."""
+    if os.environ.get("METALAB_GIT_COMMIT"):
+        return os.environ["METALAB_GIT_COMMIT"]
     here = Path(metalab.__file__).resolve().parent
     try:
         out = subprocess.run(
@@ -32,6 +37,31 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def cpu_model() -> str:
+    """The processor's name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(cfg: Any) -> dict[str, Any]:
+    """What a run's times were measured on, for the tables that compare them."""
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "accelerator": str(cfg.trainer.accelerator),
+        "devices": cfg.trainer.devices,
+    }
+    if str(cfg.trainer.accelerator) != "cpu" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy
 
 from metalab.assembly import build_data, build_module, protocol
-from metalab.budget import CpuTimeBudget
+from metalab.budget import CpuTimeBudget, TrainingClock
 from metalab.checkpoints import (
     AtomicCheckpointIO,
     InterruptCheckpoint,
@@ -44,7 +44,7 @@ from metalab.numerics import InnerGradientMonitor
 from metalab.paths import config_dir
 from metalab.preflight import check_config, check_overrides
 from metalab.report import print_test_summary
-from metalab.results import completed_results, write_json
+from metalab.results import completed_results, hardware, write_json
 from metalab.run_status import (
     COMPLETED,
     FAILED,
@@ -122,7 +122,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, monitor: str, mo
     inner_gradient = InnerGradientMonitor(
         int(numerics.inner_grad_every_n_steps), float(numerics.inner_grad_warn)
     )
-    callbacks = [checkpoint, latest, interrupt, inner_gradient]
+    callbacks = [checkpoint, latest, interrupt, inner_gradient, TrainingClock()]
     if t.get("max_cpu_seconds"):
         callbacks.append(CpuTimeBudget(float(t.max_cpu_seconds)))
     trainer = pl.Trainer(
@@ -263,12 +263,17 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
             weights_only=True,
         )
     train_seconds = time.time() - started
+    clock = next(c for c in trainer.callbacks if isinstance(c, TrainingClock))
+    train_cpu, train_wall = clock.seconds()
     log.info("execution strategy: %s", module.strategy.name)
     best = checkpoint.best_model_path
+    test_started = (time.process_time(), time.perf_counter())
     with lightning_handles_signals(interrupt):
         trainer.test(
             module, datamodule=data, ckpt_path=best or None, verbose=False, weights_only=True
         )
+    test_cpu = time.process_time() - test_started[0]
+    test_wall = time.perf_counter() - test_started[1]
     summary = module.test_summary
     val_best = checkpoint.best_model_score
     if not trainer.is_global_zero:  # every rank holds the gathered metrics; rank 0 writes them
@@ -282,7 +287,14 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         tested_checkpoint=Path(best).name if best else "final weights",
         seed=int(cfg.seed),
         strategy=module.strategy.name,
-        train={"steps": trainer.global_step, "seconds": round(train_seconds, 1)},
+        train={
+            "steps": trainer.global_step,
+            "seconds": round(train_seconds, 1),  # this attempt, wall clock
+            "cpu_seconds": round(train_cpu, 1),  # all attempts: see budget.TrainingClock
+            "wall_seconds": round(train_wall, 1),
+        },
+        test={"cpu_seconds": round(test_cpu, 1), "wall_seconds": round(test_wall, 1)},
+        hardware=hardware(cfg),
     )
     if resume_from is not None:
         results["resumed_from"] = str(resume_from)
