@@ -89,9 +89,17 @@ def test_published_numbers_and_the_outside_ci_flag(report):
     assert rows["maml"]["outside_published_ci"] == "True"  # 92.3 vs 98.7 +- 0.4
     assert rows["fomaml"]["outside_published_ci"] == "False"  # 98.3 vs 98.3 +- 0.5
     assert fomaml.mean == 98.3
+    # the gap to the paper in points: ours minus the paper's
+    maml_mean = 100 * statistics.fmean(data["accs"]["maml"])
+    assert float(rows["maml"]["gap_to_published"]) == pytest.approx(maml_mean - 98.7)
+    assert float(rows["fomaml"]["gap_to_published"]) == pytest.approx(0.0, abs=1e-9)
     markdown = (out / "comparison.md").read_text()
     assert "OUTSIDE published CI" in markdown and "within published CI" in markdown
     assert "Finn et al. 2017" in markdown
+    header = markdown.splitlines()[0]
+    assert header.index("| published |") < header.index("| gap to paper |") < header.index(
+        "| flag |")
+    assert f"{maml_mean - 98.7:+.2f} pts" in markdown  # -6.37 pts
 
 
 def test_student_t_quantiles():
@@ -120,6 +128,7 @@ def test_by_groups_on_the_keys_asked_for(tmp_path):
         rows = {row["dataset.ways"]: row for row in csv.DictReader(handle)}
     assert int(rows["5"]["runs"]) == 2 and int(rows["20"]["runs"]) == 1
     assert float(rows["20"]["published"]) == 95.8
+    assert float(rows["20"]["gap_to_published"]) == pytest.approx(92.0 - 95.8)
     # one seed: the run's own CI over its test tasks (0.01 -> 1 point)
     assert float(rows["20"]["test_ci95"]) == pytest.approx(1.0)
 
@@ -133,3 +142,23 @@ def test_paths_without_runs_are_refused_in_one_sentence(tmp_path, capsys):
     omniglot_run(tmp_path / "only_failed", "f", "maml", 0, None, status="failed")
     assert main([str(tmp_path / "only_failed"), "--out", str(tmp_path / "out")]) == 2
     assert "has completed" in capsys.readouterr().err
+
+
+def test_reptile_rows_follow_the_transductive_setting_and_the_flag_names_the_interval(tmp_path):
+    for seed, transductive in enumerate([True, False]):
+        run = omniglot_run(tmp_path / "runs", f"r{seed}", "reptile", seed, 0.96)
+        results = json.loads((run / "results.json").read_text())
+        results["config"]["algorithm"]["transductive"] = transductive
+        (run / "results.json").write_text(json.dumps(results))
+    omniglot_run(tmp_path / "runs", "anil", "anil", 0, 0.96, ways=20)
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    with (tmp_path / "out" / "comparison.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    by_method = {row["published_method"]: row for row in rows}
+    assert float(by_method["Reptile (transductive)"]["published"]) == 97.68
+    assert float(by_method["Reptile (non-transductive)"]["published"]) == 95.39
+    assert float(by_method["Reptile (non-transductive)"]["gap_to_published"]) == pytest.approx(
+        96.0 - 95.39)
+    assert by_method["ANIL"]["published_interval"] == "std over 3 seeds"
+    markdown = (tmp_path / "out" / "comparison.md").read_text()
+    assert "(std over 3 seeds)" in markdown  # ANIL's ± is not a CI over tasks

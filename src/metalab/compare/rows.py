@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from metalab.compare.groups import Group
-from metalab.compare.published import Published, lookup, outside_published_ci, scale
+from metalab.compare.published import Published, gap, lookup, outside_published_ci, scale
 
 
 @dataclass
@@ -19,6 +19,7 @@ class Row:
     val_best_mean: float | None
     published: Published | None
     outside_ci: bool | None
+    gap: float | None = None  # ours minus the paper's, in the published unit (points for %)
 
     def as_dict(self) -> dict[str, Any]:
         """Flat, stable columns for CSV and Markdown."""
@@ -38,6 +39,8 @@ class Row:
             published_ci95=p.ci95 if p else None,
             published_method=p.method if p else None,
             published_source=p.source if p else None,
+            published_interval=p.interval if p and p.ci95 is not None else None,
+            gap_to_published=self.gap,
             outside_published_ci=self.outside_ci,
         )
         return record
@@ -65,6 +68,7 @@ def build_rows(groups: list[Group]) -> list[Row]:
                 val_best_mean=factor * val_mean if val_mean is not None else None,
                 published=published,
                 outside_ci=outside_published_ci(shown, published) if published else None,
+                gap=gap(shown, published) if published and mean is not None else None,
             )
         )
     return rows

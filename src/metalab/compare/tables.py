@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from metalab.compare.published import CI95, value_text
 from metalab.compare.rows import Row
 
 
@@ -18,17 +19,26 @@ def fmt(value: float | None, ci: float | None = None, digits: int = 4) -> str:
     return f"{text} ± {ci:.2g}" if ci is not None else text
 
 
+def gap_text(row: Row) -> str:
+    """Ours minus the paper's, signed, so a shortfall reads as negative points."""
+    if row.gap is None:
+        return ""
+    return f"{row.gap:+.2f}" + (" pts" if row.unit == "%" else f" {row.unit}")
+
+
 def flag_text(row: Row) -> str:
     if row.published is None:
         return ""
     if row.outside_ci is None:
         return "no CI published"
-    return "OUTSIDE published CI" if row.outside_ci else "within published CI"
+    kind = "" if row.published.interval == CI95 else f" ({row.published.interval})"
+    return ("OUTSIDE published CI" if row.outside_ci else "within published CI") + kind
 
 
 def display_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """Header and cells shared by the terminal, Markdown and HTML tables."""
-    header = ["group", "runs", "test (mean ± 95% CI)", "val best", "published", "flag"]
+    header = ["group", "runs", "test (mean ± 95% CI)", "val best", "published", "gap to paper",
+              "flag"]
     cells = []
     for row in rows:
         p = row.published
@@ -41,7 +51,8 @@ def display_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
                 runs,
                 f"{fmt(row.test_mean, row.test_ci95)} {row.unit}",
                 fmt(row.val_best_mean),
-                f"{fmt(p.mean, p.ci95)} ({p.method}; {p.source})" if p else "",
+                f"{value_text(p)} ({p.method}; {p.source})" if p else "",
+                gap_text(row),
                 flag_text(row),
             ]
         )
