@@ -2,7 +2,9 @@
 # The Omniglot accuracy table of issue 4: every algorithm's preset, 5-way and 20-way 1-shot,
 # each run under the same CPU budget (trainer.max_cpu_seconds: CPU time of the run's process,
 # all threads), tested on 600 fixed tasks (mean +- 95% CI), then one markdown table from the
-# results.json files with the published numbers beside them.
+# results.json files with the published numbers beside them: the paper's value, the gap in
+# points (metalab minus paper) and whether metalab's mean lies outside the paper's interval,
+# all from metalab.compare.published (python -m metalab.compare.published --markdown lists it).
 #
 #   benchmarks/accuracy_table.sh                         # 30 CPU-minutes per run, 12 runs
 #   CPU_SECONDS=240 JOBS=2 THREADS=1 benchmarks/accuracy_table.sh   # 2 runs at a time, 1 thread each
@@ -43,32 +45,29 @@ for ways in $WAYS; do
   done
 done | xargs -0 -n 2 -P "$JOBS" bash -c "one_run \"\$@\" $extra" _
 python - "$OUT" <<'PY'
+"""One row per run: metalab's test accuracy beside the paper's, read from metalab's one table
+of published numbers (metalab.compare.published, the same one metalab-compare uses)."""
 import json, sys
 from pathlib import Path
 
-# ../shared/README.md's published Omniglot 1-shot numbers (5-way, 20-way); none there for
-# ANIL, Meta-SGD or Meta-LSTM (mini-ImageNet only).
-PUBLISHED = {
-    "maml": ("98.7 ± 0.4", "95.8 ± 0.3"),
-    "fomaml": ("98.3 ± 0.5", "89.4 ± 0.5"),
-    "reptile": ("97.68 ± 0.04", "89.43 ± 0.14"),
-    "mamlpp": ("99.47", "97.65"),
-    "protonet": ("98.8", "96.0"),
-    "matchingnet": ("98.1", "93.8"),
-    "siamese": ("97.3", "88.2"),
-}
-rows = {}
+from metalab.compare.published import gap, lookup, outside_published_ci, value_text
+
+print("| algorithm | setting | metalab % (outer steps) | paper % | gap (pts) | flag | source |")
+print("|---|---|---|---|---|---|---|")
 for path in sorted(Path(sys.argv[1]).glob("*/results.json")):
     r = json.loads(path.read_text())
     if r.get("status", "completed") != "completed":
         continue
-    test = r["metrics"]["test/acc"]
-    name, ways = r["config"]["algorithm"]["name"], r["protocol"]["ways"]
-    cell = f"{100 * test['mean']:.1f} ± {100 * test['ci95']:.1f}"
-    rows.setdefault(name, {})[ways] = f"{cell} ({r['train']['steps']} steps)"
-print("| algorithm | 5-way 1-shot % (outer steps) | 20-way 1-shot % (outer steps) | published 5w / 20w |")
-print("|---|---|---|---|")
-for name, cells in rows.items():
-    published = " / ".join(PUBLISHED.get(name, ("-", "-")))
-    print(f"| {name} | {cells.get(5, '-')} | {cells.get(20, '-')} | {published} |")
+    test, config, protocol = r["metrics"]["test/acc"], r["config"], r["protocol"]
+    ours = 100 * test["mean"]
+    cell = f"{ours:.1f} ± {100 * test['ci95']:.1f} ({r['train']['steps']} steps)"
+    setting = f"{protocol['ways']}-way {protocol['shots']}-shot"
+    paper = lookup(config, protocol)  # the config picks the row (Reptile: transductive or not)
+    if paper is None:
+        print(f"| {config['algorithm']['name']} | {setting} | {cell} | - | - | - | none published |")
+        continue
+    outside = outside_published_ci(ours, paper)
+    flag = {None: "no CI published", True: "OUTSIDE", False: "within"}[outside]
+    print(f"| {config['algorithm']['name']} | {setting} | {cell} | {value_text(paper)} | "
+          f"{gap(ours, paper):+.2f} | {flag} | {paper.method}: {paper.source} |")
 PY
