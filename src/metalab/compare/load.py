@@ -27,6 +27,12 @@ class Run:
     protocol: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, val metric)
+    # step -> (CPU, wall) seconds of training at that validation; empty for runs logged
+    # before metalab recorded time (budget.TrainingClock)
+    clock: dict[int, tuple[float, float | None]] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)  # steps, cpu_seconds, wall_seconds
+    test_time: dict[str, Any] = field(default_factory=dict)  # cpu_seconds, wall_seconds
+    hardware: dict[str, Any] = field(default_factory=dict)  # cpu, torch_threads, gpu, ...
 
     @property
     def completed(self) -> bool:
@@ -68,6 +74,23 @@ def read_curve(metrics_csv: Path, metric: str) -> list[tuple[int, float]]:
     return curve
 
 
+def read_clock(metrics_csv: Path) -> dict[int, tuple[float, float | None]]:
+    """``time/cpu_seconds`` and ``time/wall_seconds`` by step. A step logged twice (a resumed
+    run validating again where an interrupted attempt had) keeps its last row, as the curve
+    read in the plots does."""
+    if not metrics_csv.is_file():
+        return {}
+    clock: dict[int, tuple[float, float | None]] = {}
+    with metrics_csv.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            cpu, step = row.get("time/cpu_seconds"), row.get("step")
+            if cpu in (None, "") or step in (None, ""):
+                continue
+            wall = row.get("time/wall_seconds")
+            clock[int(float(step))] = (float(cpu), float(wall) if wall not in (None, "") else None)
+    return clock
+
+
 def load_run(run_dir: Path) -> Run:
     try:
         results = json.loads((run_dir / "results.json").read_text())
@@ -93,6 +116,10 @@ def load_run(run_dir: Path) -> Run:
     run.val_best = _number(results["metrics"].get(f"val/{run.metric}_best"))
     run.protocol = dict(results.get("protocol") or {})
     run.curve = read_curve(run_dir / "metrics.csv", run.metric)
+    run.clock = read_clock(run_dir / "metrics.csv")
+    run.train = _dict(results.get("train"))
+    run.test_time = _dict(results.get("test"))
+    run.hardware = _dict(results.get("hardware"))
     return run
 
 
@@ -101,3 +128,7 @@ def _number(value: Any) -> float | None:
         return None
     value = float(value)
     return None if math.isnan(value) else value
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
