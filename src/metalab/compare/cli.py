@@ -1,7 +1,7 @@
 """``metalab-compare PATH...``: compare every run under the given run or sweep directories.
 
-Writes comparison.md, comparison.csv, runs.csv, the PNG plots and comparison.html into
-``--out`` and prints the table.
+Writes comparison.md, comparison.csv, runs.csv, time_to_accuracy.csv, the PNG plots and
+comparison.html into ``--out`` and prints the table.
 """
 
 from __future__ import annotations
@@ -14,12 +14,28 @@ from rich.console import Console
 
 from metalab.compare.discover import find_run_dirs
 from metalab.compare.groups import group_runs
-from metalab.compare.html import write_html
+from metalab.compare.html import section, write_html
 from metalab.compare.load import load_run
-from metalab.compare.plots import plot_test_vs_published, plot_validation_curves
+from metalab.compare.plots import (
+    plot_metric_vs_cpu_time,
+    plot_test_vs_published,
+    plot_validation_curves,
+)
 from metalab.compare.rows import build_rows
 from metalab.compare.tables import print_table, write_csv, write_markdown, write_runs_csv
-from metalab.errors import MetalabError
+from metalab.compare.timing import (
+    DEFAULT_ACC_THRESHOLDS,
+    LEGEND,
+    Threshold,
+    append_markdown,
+    group_columns,
+    group_table,
+    parse_thresholds,
+    print_time_table,
+    run_table,
+    write_runs_time_csv,
+)
+from metalab.errors import ConfigError, MetalabError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,13 +66,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY",
         help="config keys that should not split groups",
     )
+    parser.add_argument(
+        "--thresholds",
+        default=",".join(f"{t:g}" for t in DEFAULT_ACC_THRESHOLDS),
+        metavar="A,B,...",
+        help="validation accuracies whose first time reached is reported, as fractions or "
+        "in %% (default: %(default)s; 'none' for none)",
+    )
+    parser.add_argument(
+        "--mse-thresholds",
+        default=None,
+        metavar="A,B,...",
+        help="validation MSEs (at or below) whose first time reached is reported (default: none)",
+    )
     return parser.parse_args(argv)
 
 
+def thresholds(args: argparse.Namespace) -> list[Threshold]:
+    """The accuracy and MSE thresholds asked for, refused in one sentence if malformed."""
+    try:
+        return parse_thresholds(args.thresholds, "acc") + parse_thresholds(
+            args.mse_thresholds, "mse"
+        )
+    except ValueError:
+        raise ConfigError(
+            f"--thresholds {args.thresholds!r} / --mse-thresholds {args.mse_thresholds!r}: "
+            "give comma-separated numbers, e.g. --thresholds 0.9,0.95,0.97."
+        ) from None
+
+
 def compare(args: argparse.Namespace, console: Console) -> int:
+    asked = thresholds(args)
     runs = [load_run(d) for d in find_run_dirs(args.paths)]
     groups = group_runs(runs, args.by, tuple(args.ignore))
     rows = build_rows(groups)
+    targets = [t for t in asked if any(row.metric == t.metric for row in rows)]
     failed = sum(len(g.failed) for g in groups)
     if not rows:
         raise MetalabError(
@@ -64,9 +108,12 @@ def compare(args: argparse.Namespace, console: Console) -> int:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     print_table(rows, console)
+    print_time_table(rows, targets, console)
     write_markdown(rows, args.out / "comparison.md")
-    write_csv(rows, args.out / "comparison.csv")
+    append_markdown(rows, targets, args.out / "comparison.md")
+    write_csv(rows, args.out / "comparison.csv", extra=lambda row: group_columns(row, targets))
     write_runs_csv(rows, [], args.out / "runs.csv")
+    write_runs_time_csv(rows, targets, args.out / "time_to_accuracy.csv")
     images = []
     if plot_validation_curves(rows, args.out / "validation_curves.png"):
         images.append(args.out / "validation_curves.png")
@@ -74,10 +121,16 @@ def compare(args: argparse.Namespace, console: Console) -> int:
         png = args.out / f"test_{metric}.png"
         plot_test_vs_published([r for r in rows if r.metric == metric], png)
         images.append(png)
-    write_html(rows, images, [r.path for r in runs], args.out / "comparison.html")
+    if plot_metric_vs_cpu_time(rows, targets, args.out / "val_vs_cpu_time.png"):
+        images.append(args.out / "val_vs_cpu_time.png")
+    sections = [
+        section("Budget and time to accuracy", LEGEND, *group_table(rows, targets)),
+        section("Time to accuracy per run", "", *run_table(rows, targets)),
+    ]
+    write_html(rows, images, [r.path for r in runs], args.out / "comparison.html", sections)
     console.print(
         f"{len(runs)} runs ({failed} not completed) in {len(rows)} groups; "
-        f"report in {args.out}/ (comparison.html, .md, .csv, runs.csv, "
+        f"report in {args.out}/ (comparison.html, .md, .csv, runs.csv, time_to_accuracy.csv, "
         f"{', '.join(p.name for p in images)})"
     )
     return 0

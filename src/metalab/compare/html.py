@@ -24,7 +24,26 @@ def data_uri(png: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
-def write_html(rows: list[Row], images: list[Path], sources: list[Path], path: Path) -> None:
+def section(title: str, note: str, header: list[str], cells: list[list[str]]) -> str:
+    """A further table (budget, time to accuracy) under its own heading."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in line) + "</tr>" for line in cells)
+    return (
+        f"<h2>{esc(title)}</h2>" + (f"<p>{esc(note)}</p>" if note else "")
+        + f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n"
+    )  # fmt: skip
+
+
+def write_html(
+    rows: list[Row],
+    images: list[Path],
+    sources: list[Path],
+    path: Path,
+    sections: tuple[str, ...] | list[str] = (),
+) -> None:
+    """``sections``: further tables already rendered by :func:`section`, shown after the
+    main one and before the plots."""
     header, cells = display_rows(rows)
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
@@ -45,6 +64,6 @@ def write_html(rows: list[Row], images: list[Path], sources: list[Path], path: P
         "<p>Test metric over seeds: mean ± 95% CI (Student's t over seeds; one seed: the "
         "run's own CI over test tasks). Accuracy in %.</p>"
         f'<table id="comparison"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>\n{figures}\n"
+        f"<tbody>{''.join(body)}</tbody></table>\n{''.join(sections)}{figures}\n"
         f"<h2>Compared</h2><ul>{listed}</ul></body></html>\n"
     )

@@ -1,4 +1,5 @@
-"""PNG plots: validation curves per group, and test results next to the published ones."""
+"""PNG plots: validation curves per group (over steps and over training CPU time), and test
+results next to the published ones."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np  # noqa: E402
 
 from metalab.compare.published import CONTEXT, scale  # noqa: E402
 from metalab.compare.rows import Row  # noqa: E402
+from metalab.compare.timing import Threshold, first_reached, on_gpu, timed  # noqa: E402
 
 
 def plot_validation_curves(rows: list[Row], path: Path) -> bool:
@@ -101,3 +103,60 @@ def contextual(rows: list[Row]):
     ):
         return []
     return CONTEXT.get(next(iter(settings)), [])
+
+
+def plot_metric_vs_cpu_time(rows: list[Row], thresholds: list[Threshold], path: Path) -> bool:
+    """Validation metric against training CPU time, one line per run coloured by group, the
+    thresholds as dashed lines and each first crossing marked: a faster engine or a better
+    recipe shows up as a curve further left. False (no file) when no run logged its time."""
+    metrics = sorted({row.metric for row in rows if any(map(timed, row.group.runs))})
+    if not metrics:
+        return False
+    fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4.5), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        seconds = draw_time_curves(ax, [r for r in rows if r.metric == metric], thresholds)
+        hours = max(seconds) > 7200
+        if hours:
+            ax.xaxis.set_major_formatter(lambda x, _: f"{x / 3600:g}")
+        if min(seconds) > 0 and max(seconds) / min(seconds) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel("training CPU " + ("hours" if hours else "seconds") + " (all threads)")
+        ax.set_ylabel(f"validation {metric}" + (" %" if metric == "acc" else ""))
+        gpu = any(on_gpu(run) for row in rows for run in row.group.runs)
+        ax.set_title(
+            f"val/{metric} vs training CPU time" + (" (GPU runs: host CPU)" if gpu else "")
+        )
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def draw_time_curves(ax, rows: list[Row], thresholds: list[Threshold]) -> list[float]:
+    """One line per timed run (the group's colour, labelled once), its first crossings
+    marked, and the thresholds of this metric; returns the CPU seconds drawn."""
+    factor = scale(rows[0].metric)
+    drawn: list[float] = []
+    for index, row in enumerate(rows):
+        color = f"C{index % 10}"
+        label: str | None = row.group.label
+        for run in filter(timed, row.group.runs):
+            points = [(run.clock[s][0], v * factor) for s, v in sorted(dict(run.curve).items())
+                      if s in run.clock]  # fmt: skip
+            if not points:
+                continue
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, color=color, marker="o", ms=3, alpha=0.8, label=label)
+            label = None
+            drawn += xs
+            for threshold in thresholds:
+                hit = first_reached(run, threshold)
+                if hit is not None and hit.cpu_seconds is not None:
+                    ax.plot(hit.cpu_seconds, threshold.value * factor, "x", color=color, ms=7)
+    for threshold in (t for t in thresholds if t.metric == rows[0].metric):
+        ax.axhline(threshold.value * factor, color="gray", ls="--", lw=0.8)
+        ax.annotate(threshold.label, (0, threshold.value * factor), xycoords=("axes fraction",
+                    "data"), fontsize=7, color="gray", va="bottom")  # fmt: skip
+    return drawn or [1.0]

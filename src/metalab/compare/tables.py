@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -77,8 +78,9 @@ def write_markdown(rows: list[Row], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_csv(rows: list[Row], path: Path) -> None:
-    records = [row.as_dict() for row in rows]
+def write_csv(rows: list[Row], path: Path, extra: Callable[[Row], dict] | None = None) -> None:
+    """``extra``: further columns per row, appended after the table's own (timing.py)."""
+    records = [row.as_dict() | (extra(row) if extra else {}) for row in rows]
     columns: dict[str, None] = {}
     for record in records:
         columns.update(dict.fromkeys(record))
