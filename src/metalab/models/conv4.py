@@ -19,6 +19,7 @@ from metalab.models import fused_first_block
 from metalab.models.folded_norm import conv_batch_stat_norm, folds
 from metalab.models.layout import LayoutConv2d
 from metalab.models.norm import BatchStatNorm
+from metalab.models.pooling import GlobalAvgPool
 
 NORMS = ("batch", "none")
 DOWNSAMPLES = ("maxpool", "stride")
@@ -106,9 +107,8 @@ class Conv4(nn.Module):
                 for a, b in zip(widths[:-1], widths[1:], strict=True)
             )
         )
+        self.pool = GlobalAvgPool() if self.global_pool else nn.Flatten()
         self.head = nn.Linear(channels * (1 if self.global_pool else side * side), out_features)
 
     def forward(self, x):
-        features = self.features(x)
-        features = features.mean((-2, -1)) if self.global_pool else features.flatten(1)
-        return self.head(features)
+        return self.head(self.pool(self.features(x)))

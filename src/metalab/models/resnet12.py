@@ -22,6 +22,7 @@ from torch import nn
 from metalab.errors import ConfigError
 from metalab.models.layout import LayoutConv2d
 from metalab.models.norm import BatchStatNorm
+from metalab.models.pooling import GlobalAvgPool
 
 SLOPE = 0.1
 WIDTHS = (64, 160, 320, 640)
@@ -104,10 +105,11 @@ class ResNet12(nn.Module):
                 for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True))
             )
         )
+        self.pool = GlobalAvgPool()
         self.head = nn.Linear(channels[-1], out_features)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(-2, -1)))
+        return self.head(self.pool(self.features(x)))
