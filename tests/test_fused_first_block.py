@@ -82,10 +82,19 @@ def test_fused_block_equals_the_composite_block_in_float64(
 
 @needs_kernel
 def test_fused_block_in_float32_agrees_to_rounding():
+    """Against the float64 block, as the relative error of each gradient as a whole: in
+    float32 a window whose two largest values are within rounding of each other may send its
+    gradient to either position (in the composite block too), which element-wise tolerances
+    turn into a failure at some seeds and thread counts; the whole stays at rounding level."""
     layer = block(1, 64, torch.float32, channels_last=True)
-    x = torch.rand(20, 1, 28, 28)
-    grad_out = torch.randn(20, 64, 14, 14)
-    assert_fused_matches_composite(layer, x, grad_out, 1e-5, 1e-4, 1e-5)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.rand(20, 1, 28, 28, generator=generator)
+    grad_out = torch.randn(20, 64, 14, 14, generator=generator)
+    out, grads = value_and_gradients(layer, x, grad_out, fused=True)
+    exact, exact_grads = value_and_gradients(layer.double(), x.double(), grad_out.double(), False)
+    torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(grads, exact_grads, strict=True):
+        assert (ours.double() - theirs).norm() <= 1e-5 * max(theirs.norm().item(), 1e-12)
 
 
 @needs_kernel
