@@ -159,7 +159,8 @@ def check_algorithm_keys(cfg: DictConfig) -> None:
 
 
 def check_learning_rates(cfg: DictConfig) -> None:
-    """Every learning rate and step count must be positive; zero silently trains nothing."""
+    """Learning rates and inner step counts must be positive (zero silently trains nothing);
+    schedule lengths must not be negative."""
     values = {"optimizer.lr": cfg.optimizer.lr}
     for key, value in cfg.algorithm.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -170,8 +171,12 @@ def check_learning_rates(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"{key}={value}: a learning rate must be positive (try {_default_lr(leaf)})."
             )
-        if leaf.endswith("steps") and not value >= 1:
-            raise ConfigError(f"{key}={value}: set it to at least 1 step.")
+        # inner steps adapt (0 trains nothing); schedule lengths such as MAML++'s
+        # first_order_steps or msl_anneal_steps may be 0 (the trick off)
+        minimum = 1 if leaf.endswith("inner_steps") else 0
+        if leaf.endswith("steps") and not value >= minimum:
+            unit = "1 step" if minimum == 1 else f"{minimum} steps"
+            raise ConfigError(f"{key}={value}: set it to at least {unit}.")
 
 
 def _default_lr(leaf: str) -> str:
