@@ -30,31 +30,14 @@ def test_groups_hold_the_documented_options():
     assert options("model") == ["conv4", "conv4_32", "koch", "mlp", "resnet12"]
     assert options("trainer") == ["cpu", "ddp", "ddp_cpu", "gpu"]
     assert options("logger") == ["csv", "none", "wandb"]
-    assert options("experiment") == [
-        "anil_omniglot_20w1s",
-        "anil_omniglot_5w1s",
-        "fomaml_omniglot_20w1s",
-        "fomaml_omniglot_5w1s",
-        "maml_omniglot_20w1s",
-        "maml_omniglot_5w1s",
-        "maml_sinusoid",
-        "mamlpp_omniglot_20w1s",
-        "mamlpp_omniglot_5w1s",
-        "matchingnet_omniglot_20w1s",
-        "matchingnet_omniglot_5w1s",
-        "metalstm_miniimagenet_5w1s",
-        "metalstm_omniglot_20w1s",
-        "metalstm_omniglot_5w1s",
-        "metasgd_omniglot_20w1s",
-        "metasgd_omniglot_5w1s",
-        "protonet_omniglot_20w1s",
-        "protonet_omniglot_5w1s",
-        "reptile_omniglot_20w1s",
-        "reptile_omniglot_5w1s",
-        "siamese_koch_omniglot",
-        "siamese_omniglot_20w1s",
-        "siamese_omniglot_5w1s",
-    ]
+    papers = ["omniglot_5w1s", "omniglot_5w5s", "omniglot_20w1s", "omniglot_20w5s"]
+    assert options("experiment") == sorted(
+        [f"{a}_{s}" for a in ("maml", "fomaml", "metasgd", "mamlpp", "reptile") for s in papers]
+        + [f"{a}_{s}" for a in ("protonet", "matchingnet", "siamese") for s in papers]
+        + ["anil_omniglot_5w1s", "anil_omniglot_20w1s", "anil_omniglot_20w5s"]
+        + ["metalstm_omniglot_5w1s", "metalstm_omniglot_20w1s", "metalstm_miniimagenet_5w1s"]
+        + ["maml_sinusoid", "siamese_koch_omniglot"]
+    )
 
 
 @pytest.mark.parametrize("group", ["algorithm", "dataset", "model", "trainer", "logger"])
@@ -76,6 +59,7 @@ PUBLISHED = {
     "maml_omniglot_5w1s": dict(
         ways=5,
         shots=1,
+        queries=1,  # the code's K query images per class
         inner_steps=1,
         inner_lr=0.4,
         eval_inner_steps=3,
@@ -111,5 +95,7 @@ def test_experiment_presets_carry_the_papers_hyperparameters(experiment):
     for key, value in PUBLISHED[experiment].items():
         assert flat[key] == value, key
     assert cfg.optimizer.lr == 0.001
+    if experiment != "maml_sinusoid":  # MAML's Omniglot network: strided, mean-pooled
+        assert (cfg.model.downsample, cfg.model.global_pool) == ("stride", True)
     expected_algorithm = "fomaml" if experiment.startswith("fomaml") else "maml"
     assert cfg.algorithm.name == expected_algorithm

@@ -81,6 +81,10 @@ def guard_run_dir(run_dir: Path) -> None:
 
 
 def sweep_group() -> str | None:
+    """The sweep's folder name inside a Hydra multirun; None for one run (or outside Hydra,
+    when ``train`` is called as a library function)."""
+    if not HydraConfig.initialized():
+        return None
     hydra_cfg = HydraConfig.get()
     return Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
 

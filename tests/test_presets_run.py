@@ -1,0 +1,68 @@
+"""Every experiment preset composes, passes the preflight checks and trains a few steps.
+
+Each preset runs in this process with its own settings and only its size cut down (two outer
+steps, two tasks a batch, a few evaluation tasks), so that a preset whose keys no longer fit
+the code fails here rather than after a user's first hour. Omniglot presets need the real
+data (``METALAB_DATA``); presets for data sets metalab cannot fetch here are composed only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from metalab.preflight import check_config
+from test_configs import compose_train, options
+
+PRESETS = options("experiment")
+OMNIGLOT = Path(os.environ.get("METALAB_DATA", "/nonexistent")) / "omniglot"
+SMALL = [
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.enable_progress_bar=false",
+    "val.tasks=2",
+    "eval.tasks=2",
+    "eval.batch=2",
+    "logger=none",
+    "strategy=loop",
+]
+
+
+def small(experiment: str):
+    cfg = compose_train(f"experiment={experiment}", *SMALL)
+    with open_dict(cfg):
+        cfg.algorithm.meta_batch = min(2, int(cfg.algorithm.meta_batch))
+        if "eval_inner_steps" in cfg.algorithm and cfg.algorithm.name == "reptile":
+            cfg.algorithm.eval_inner_steps = 2  # Reptile's 50 test steps, cut for time
+    return cfg
+
+
+@pytest.mark.parametrize("experiment", PRESETS)
+def test_preset_composes_and_passes_preflight(experiment):
+    cfg = compose_train(f"experiment={experiment}")
+    check_config(cfg)
+    assert cfg.trainer.max_steps >= 1000, "a preset states the paper's full length"
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "experiment",
+    [p for p in PRESETS if p.split("_")[1] in ("omniglot", "koch") or p == "maml_sinusoid"],
+)
+def test_preset_trains_a_few_steps(experiment, tmp_path, one_thread):
+    from metalab.train import train
+
+    cfg = small(experiment)
+    if cfg.dataset.name == "omniglot" and not OMNIGLOT.is_dir():
+        pytest.skip("set METALAB_DATA to the folder holding omniglot/")
+    train(cfg, tmp_path / "run")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert results["train"]["steps"] == 2
+    assert results["num_test_tasks"] == 2
+    assert results["config"]["algorithm"]["name"] == cfg.algorithm.name
