@@ -114,15 +114,16 @@ def plot_metric_vs_cpu_time(rows: list[Row], thresholds: list[Threshold], path: 
         return False
     fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4.5), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
-        seconds = draw_time_curves(ax, [r for r in rows if r.metric == metric], thresholds)
-        hours = max(seconds) > 7200
-        if hours:
-            ax.xaxis.set_major_formatter(lambda x, _: f"{x / 3600:g}")
+        shown = [r for r in rows if r.metric == metric]
+        seconds = [x for r in shown for run in r.group.runs for x, _ in time_points(run)]
+        seconds = seconds or [1.0]
+        unit = 3600.0 if max(seconds) > 7200 else 1.0  # hours past two hours
+        draw_time_curves(ax, shown, thresholds, unit)
         if min(seconds) > 0 and max(seconds) / min(seconds) > 20:
             ax.set_xscale("log")
-        ax.set_xlabel("training CPU " + ("hours" if hours else "seconds") + " (all threads)")
+        ax.set_xlabel(f"training CPU {'hours' if unit > 1 else 'seconds'} (all threads)")
         ax.set_ylabel(f"validation {metric}" + (" %" if metric == "acc" else ""))
-        gpu = any(on_gpu(run) for row in rows for run in row.group.runs)
+        gpu = any(on_gpu(run) for r in shown for run in r.group.runs)
         ax.set_title(
             f"val/{metric} vs training CPU time" + (" (GPU runs: host CPU)" if gpu else "")
         )
@@ -134,29 +135,35 @@ def plot_metric_vs_cpu_time(rows: list[Row], thresholds: list[Threshold], path: 
     return True
 
 
-def draw_time_curves(ax, rows: list[Row], thresholds: list[Threshold]) -> list[float]:
-    """One line per timed run (the group's colour, labelled once), its first crossings
-    marked, and the thresholds of this metric; returns the CPU seconds drawn."""
+def time_points(run) -> list[tuple[float, float]]:
+    """(CPU seconds, validation metric) at each timed validation, in step order."""
+    return [(run.clock[step][0], value) for step, value in sorted(dict(run.curve).items())
+            if step in run.clock]  # fmt: skip
+
+
+def draw_time_curves(ax, rows: list[Row], thresholds: list[Threshold], unit: float) -> None:
+    """One line per timed run (the group's colour, labelled once) with x in CPU seconds /
+    ``unit``, its first crossings marked, and the thresholds of this metric."""
     factor = scale(rows[0].metric)
-    drawn: list[float] = []
     for index, row in enumerate(rows):
         color = f"C{index % 10}"
         label: str | None = row.group.label
-        for run in filter(timed, row.group.runs):
-            points = [(run.clock[s][0], v * factor) for s, v in sorted(dict(run.curve).items())
-                      if s in run.clock]  # fmt: skip
+        for run in row.group.runs:
+            points = time_points(run)
             if not points:
                 continue
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, color=color, marker="o", ms=3, alpha=0.8, label=label)
+            ax.plot(
+                np.array(xs) / unit, np.array(ys) * factor,
+                color=color, marker="o", ms=3, alpha=0.8, label=label,
+            )  # fmt: skip
             label = None
-            drawn += xs
             for threshold in thresholds:
                 hit = first_reached(run, threshold)
                 if hit is not None and hit.cpu_seconds is not None:
-                    ax.plot(hit.cpu_seconds, threshold.value * factor, "x", color=color, ms=7)
+                    y = threshold.value * factor
+                    ax.plot(hit.cpu_seconds / unit, y, "x", color=color, ms=7)
     for threshold in (t for t in thresholds if t.metric == rows[0].metric):
         ax.axhline(threshold.value * factor, color="gray", ls="--", lw=0.8)
         ax.annotate(threshold.label, (0, threshold.value * factor), xycoords=("axes fraction",
                     "data"), fontsize=7, color="gray", va="bottom")  # fmt: skip
-    return drawn or [1.0]
