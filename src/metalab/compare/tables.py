@@ -36,8 +36,11 @@ def flag_text(row: Row) -> str:
     return ("OUTSIDE published CI" if row.outside_ci else "within published CI") + kind
 
 
-def display_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells shared by the terminal, Markdown and HTML tables."""
+def display_rows(
+    rows: list[Row], sources: bool = True
+) -> tuple[list[str], list[list[str]]]:
+    """Header and cells shared by the terminal, Markdown and HTML tables; ``sources=False``
+    (the terminal) names the paper's method without its citation, which the files keep."""
     header = ["group", "runs", "test (mean ± 95% CI)", "val best", "published", "gap to paper",
               "flag"]
     cells = []
@@ -52,7 +55,9 @@ def display_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
                 runs,
                 f"{fmt(row.test_mean, row.test_ci95)} {row.unit}",
                 fmt(row.val_best_mean),
-                f"{value_text(p)} ({p.method}; {p.source})" if p else "",
+                (f"{value_text(p)} ({p.method}; {p.source})" if sources else value_text(p))
+                if p
+                else "",
                 gap_text(row),
                 flag_text(row),
             ]
@@ -61,7 +66,7 @@ def display_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
 
 
 def print_table(rows: list[Row], console: Console | None = None) -> None:
-    header, cells = display_rows(rows)
+    header, cells = display_rows(rows, sources=False)
     table = Table(title="metalab-compare: test metric over seeds")
     for name in header:
         table.add_column(name, overflow="fold")
