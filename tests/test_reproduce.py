@@ -86,3 +86,47 @@ def test_a_tiny_reproduction_sweep_gives_the_runs_numbers_beside_the_papers(tmp_
     )
     markdown = (report / "comparison.md").read_text()
     assert "Finn et al. 2017" in markdown and "Snell et al. 2017" in markdown
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@pytest.mark.skipif("METALAB_DATA" not in os.environ, reason="set METALAB_DATA for Omniglot")
+def test_the_gpu_script_runs_its_table_and_prints_throughput(tmp_path):
+    """benchmarks/reproduce_gpu.sh end to end, on the CPU (TRAINER=cpu) with tiny overrides:
+    everything but the device is what a GPU run does."""
+    import subprocess
+
+    from cli import cli_env
+
+    script = Path(__file__).parents[1] / "benchmarks" / "reproduce_gpu.sh"
+    out = subprocess.run(
+        ["bash", str(script), "trainer.max_steps=2", "trainer.val_check_interval=2",
+         "val.tasks=4", "eval.tasks=6", "strategy=loop"],
+        env=cli_env(TRAINER="cpu", MINUTES="1", OUT=str(tmp_path / "gpu")),
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = out.stdout.split("tasks/s")[-1].splitlines()  # the lines after the script's header
+    lines = [line for line in table if line.split() and line.split()[0].endswith("_seed0")]
+    assert [line.split()[0] for line in lines] == ["0_maml_seed0", "1_protonet_seed0"]
+    for line in lines:
+        assert line.split()[1] == "2" and float(line.split()[3]) > 0  # steps, tasks/s
+    assert (tmp_path / "gpu" / "comparison" / "comparison.md").is_file()
+
+
+def test_the_gpu_script_refuses_without_a_gpu(tmp_path):
+    import subprocess
+
+    import torch
+
+    from cli import cli_env
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    script = Path(__file__).parents[1] / "benchmarks" / "reproduce_gpu.sh"
+    out = subprocess.run(
+        ["bash", str(script)], env=cli_env(OUT=str(tmp_path / "x")), capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2 and "no CUDA GPU" in out.stderr
+    assert not (tmp_path / "x").exists()
