@@ -112,3 +112,34 @@ def test_outer_optimizer_and_schedule_follow_the_config(jobs, scheduler, factors
         if isinstance(configured, dict):
             configured["lr_scheduler"].step()
     assert seen == pytest.approx(factors)
+
+
+def test_eval_gives_reptile_s_non_transductive_row_from_the_same_weights(jobs, tmp_path):
+    """The paper's two Reptile rows differ only at test time: one training run, two tests."""
+    from cli import run_cli
+
+    ckpt = jobs["reptile"] / "checkpoints" / "last.ckpt"
+    rows = {}
+    for transductive in ("true", "false"):
+        out = run_cli(
+            "metalab-eval", f"ckpt_path={ckpt}", f"transductive={transductive}", "tasks=4",
+            f"hydra.run.dir={tmp_path / transductive}", cwd=tmp_path,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        rows[transductive] = read_results(tmp_path / transductive)
+    assert "non-transductive" in rows["false"]["protocol"]["batch_norm"]
+    assert "non-transductive" not in rows["true"]["protocol"]["batch_norm"]
+    assert rows["false"]["config"]["algorithm"]["transductive"] is False
+    means = [rows[t]["metrics"]["test/acc"]["per_step"][-1]["mean"] for t in rows]
+    assert means[0] != means[1]
+
+
+def test_eval_refuses_the_transductive_switch_for_an_algorithm_without_it(jobs, tmp_path):
+    from cli import run_cli
+
+    out = run_cli(
+        "metalab-eval", f"ckpt_path={jobs['anil'] / 'checkpoints' / 'last.ckpt'}",
+        "transductive=false", f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "algorithm=anil has no transductive switch" in out.stderr

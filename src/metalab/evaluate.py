@@ -44,6 +44,13 @@ def training_config(ckpt: dict, overrides: DictConfig) -> DictConfig:
         algorithm.eval_inner_steps = overrides.inner_steps
     if overrides.inner_lr is not None:
         algorithm.eval_inner_lr = overrides.inner_lr
+    if overrides.get("transductive") is not None:
+        if "transductive" not in algorithm:
+            raise ConfigError(
+                f"transductive={overrides.transductive}: algorithm={algorithm.name} has no "
+                "transductive switch (Reptile has); leave it out."
+            )
+        algorithm.transductive = bool(overrides.transductive)
     if overrides.strategy is not None:
         cfg.strategy = overrides.strategy
     cfg.eval.tasks, cfg.eval.batch = overrides.tasks, overrides.batch
