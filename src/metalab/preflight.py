@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig
 
 from metalab.algorithms import ALGORITHMS, build_algorithm, has_fixed_head
 from metalab.assembly import check_device, check_head, check_positive
+from metalab.data.augment import augmentation
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop
 from metalab.losses import TASK_KINDS
@@ -212,6 +213,11 @@ def check_episode_sizes(cfg: DictConfig) -> None:
             )
 
 
+def check_augmentation(cfg: DictConfig) -> None:
+    """dataset.augment and its settings (crop_padding, affine.*), before any image is decoded."""
+    augmentation(cfg.dataset)
+
+
 def check_gpu(cfg: DictConfig) -> None:
     check_device(cfg)
     if cfg.trainer.accelerator in ("gpu", "cuda") and int(cfg.trainer.devices) > max(
@@ -273,5 +279,6 @@ def check_config(cfg: Any) -> None:
     check_algorithm_settings(cfg)
     check_head(cfg)
     check_episode_sizes(cfg)
+    check_augmentation(cfg)
     check_gpu(cfg)
     check_devices(cfg)

@@ -7,7 +7,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Subset
 
-from metalab.data.augment import AugmentedTasks
+from metalab.data.augment import augmentation
 from metalab.data.episodes import (
     TEST_STREAM,
     VAL_STREAM,
@@ -34,9 +34,9 @@ def build_sources(cfg: Any) -> dict[str, TaskSource]:
         }
     if cfg.name not in DATASETS:
         raise ConfigError(f"dataset.name={cfg.name!r} is not known: choose one of {DATASETS}.")
+    augment = augmentation(cfg)  # checked before any image is decoded
     sources = episodes(load_pools(cfg), cfg)
-    if cfg.get("augment", False):
-        sources["train"] = AugmentedTasks(sources["train"], cfg.crop_padding)
+    sources["train"] = augment(sources["train"])  # the training split only
     return sources
 
 
