@@ -35,7 +35,13 @@ def test_groups_hold_the_documented_options():
         [f"{a}_{s}" for a in ("maml", "fomaml", "metasgd", "mamlpp", "reptile") for s in papers]
         + [f"{a}_{s}" for a in ("protonet", "matchingnet", "siamese") for s in papers]
         + ["anil_omniglot_5w1s", "anil_omniglot_20w1s", "anil_omniglot_20w5s"]
-        + ["metalstm_omniglot_5w1s", "metalstm_omniglot_20w1s", "metalstm_miniimagenet_5w1s"]
+        + ["metalstm_omniglot_5w1s", "metalstm_omniglot_20w1s"]
+        + [
+            f"{a}_miniimagenet_{s}"
+            for a in ("maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "protonet")
+            + ("matchingnet", "metalstm")
+            for s in ("5w1s", "5w5s")
+        ]
         + ["maml_sinusoid", "siamese_koch_omniglot"]
     )
 
