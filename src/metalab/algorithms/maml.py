@@ -15,6 +15,7 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
+from metalab import fast_eval
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, LearningRate, Params
 from metalab.objectives import AdaptThenScore
@@ -72,7 +73,35 @@ class MAML(nn.Module, AdaptThenScore):
     ) -> dict[str, torch.Tensor]:
         """Adapt on the support set with the test-time steps, score the query set after each
         (or after those in ``score_at``); subclasses change where adaptation starts, its rates
-        or its rule via ``eval_options``."""
+        or its rule via ``eval_options``. A plain first-order rule (SGD with a number as the
+        rate, Reptile's) runs without graphs (``fast_eval``), the others per task as before."""
+        rule = fast_eval.rule_for(self)
+        if rule is None:
+            return self.evaluate_per_task(
+                params, support_x, support_y, query_x, query_y, score_at=score_at
+            )
+        return fast_eval.adapt_and_score(
+            self.inner_loop,
+            params,
+            (support_x, support_y),
+            (query_x, query_y),
+            self.eval_inner_steps,
+            rule,
+            self.eval_options().get("transductive", True),
+            score_at,
+        )
+
+    def evaluate_per_task(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+        score_at: Collection[int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``InnerLoop.evaluate`` with this algorithm's rule: the general path, and the
+        reference ``tests/test_eval_speed.py`` compares the fast one with."""
         return self.inner_loop.evaluate(
             params,
             support_x,

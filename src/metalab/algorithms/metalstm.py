@@ -31,6 +31,7 @@ from torch.func import grad_and_value
 
 from metalab.algorithms.lstm_cell import LSTMCell
 from metalab.errors import ConfigError
+from metalab.fast_eval import MetaLSTMStepper, support_gradients
 from metalab.inner_loop import InnerLoop, Params
 
 # The input LSTM's (h, c) per coordinate; None before the first step or without that layer.
@@ -158,6 +159,32 @@ class MetaLSTM(nn.Module):
         return kind.loss(prediction, query_y), kind.metric(prediction.detach(), query_y)
 
     def evaluate(self, params, support_x, support_y, query_x, query_y, score_at=None):
+        """Query loss and metric after the test-time updates in ``score_at`` (all when None):
+        ``unroll(keep_graph=False)``'s numbers, with no graph beyond each support gradient
+        and the update in cache-sized blocks (``fast_eval.MetaLSTMStepper``)."""
+        params = {k: p.detach() for k, p in params.items()}
+        names = list(params)
+        theta = flatten(params)
+        stepper = MetaLSTMStepper(self, theta)
+        kind = self.inner_loop.kind
+        losses, metrics = [], []
+        for step in range(self.eval_inner_steps + 1):
+            if step:
+                at = list(unflatten(theta, params).values())
+                grads, loss = support_gradients(self.inner_loop, names, at, support_x, support_y)
+                theta = stepper(theta, torch.cat([g.reshape(-1) for g in grads]), loss)
+            if score_at is not None and step not in score_at:
+                continue
+            with torch.no_grad():
+                prediction = self.inner_loop.predict(unflatten(theta, params), query_x)
+                losses.append(kind.loss(prediction, query_y))
+                metrics.append(kind.metric(prediction, query_y))
+        return {"loss": torch.stack(losses), "metric": torch.stack(metrics)}
+
+    def evaluate_per_task(self, params, support_x, support_y, query_x, query_y, score_at=None):
+        """The previous evaluation (``unroll`` with its graph cut after every step): the
+        reference that ``tests/test_eval_speed.py`` and ``benchmarks/eval_throughput.py``
+        compare ``evaluate`` with."""
         params = {k: p.detach() for k, p in params.items()}
         with torch.enable_grad():
             thetas = self.unroll(

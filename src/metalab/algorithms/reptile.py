@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from metalab import fast_eval
 from metalab.algorithms.maml import MAML
 from metalab.data.episodes import derive_seed
 from metalab.data.tasks import TaskBatch
@@ -182,3 +183,9 @@ class Reptile(MAML):
 
     def eval_options(self) -> dict:
         return {"update": self.rule(self.eval_inner_lr), "transductive": self.transductive}
+
+    def eval_rule(self):
+        """The test-time rule for ``fast_eval`` (the same update as ``rule``, no graph)."""
+        if self.inner_optimizer == "adam":
+            return fast_eval.adam_rule(self.eval_inner_lr, self.adam_beta2, self.adam_eps)
+        return fast_eval.sgd_rule(self.eval_inner_lr)
