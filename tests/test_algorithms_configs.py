@@ -19,10 +19,14 @@ PRESETS = {
         max_steps=200_000, optimizer="sgd", lr=1.0,
     ),
     "fomaml_omniglot_20w1s": dict(name="fomaml", ways=20, inner_steps=5, first_order=True),
-    "anil_omniglot_5w1s": dict(name="anil", ways=5, inner_steps=1, inner_lr=0.4, meta_batch=32),
-    "anil_omniglot_20w1s": dict(name="anil", ways=20, inner_steps=5, inner_lr=0.1, meta_batch=16),
-    "metasgd_omniglot_5w1s": dict(name="metasgd", ways=5, inner_steps=1, eval_inner_steps=1),
-    "metasgd_omniglot_20w1s": dict(name="metasgd", ways=20, inner_steps=1, eval_inner_steps=1),
+    "anil_omniglot_5w1s": dict(name="anil", ways=5, inner_steps=1, inner_lr=2.0, meta_batch=32),
+    "anil_omniglot_20w1s": dict(name="anil", ways=20, inner_steps=5, inner_lr=2.0, meta_batch=16),
+    "metasgd_omniglot_5w1s": dict(
+        name="metasgd", ways=5, inner_steps=1, eval_inner_steps=1, inner_lr=0.4
+    ),
+    "metasgd_omniglot_20w1s": dict(
+        name="metasgd", ways=20, inner_steps=1, eval_inner_steps=1, inner_lr=0.1
+    ),
     # the authors' experiment_config/omniglot_maml++-omniglot_1_8_0.1_64_5_*.json
     "mamlpp_omniglot_5w1s": dict(
         name="mamlpp", ways=5, queries=1, inner_steps=5, inner_lr=0.1, eval_inner_steps=5,

@@ -31,8 +31,9 @@ FAKE_CLASSES = {"train": 30, "val": 5, "test": 5}
 FAKE_PER_CLASS = 20
 SIDE = 32
 
+# inner_lr: the code's alpha 0.01 on its loss summed over the 5 support images = 0.05 here
 MAML_1 = dict(
-    ways=5, shots=1, queries=15, test_queries=15, inner_steps=5, inner_lr=0.01,
+    ways=5, shots=1, queries=15, test_queries=15, inner_steps=5, inner_lr=0.05,
     eval_inner_steps=10, meta_batch=4, optimizer="adam", lr=0.001, scheduler="none",
     max_steps=60_000, model="conv4", channels=32, downsample="maxpool", global_pool=False,
     augment=False,
@@ -76,9 +77,9 @@ PROTOCOLS = {
     "anil_miniimagenet_5w1s": {**MAML_1, "name": "anil", "first_order": False},
     "anil_miniimagenet_5w5s": {**MAML_5, "name": "anil", "first_order": False},
     "metasgd_miniimagenet_5w1s": {**MAML_1, "name": "metasgd", "inner_steps": 1,
-                                  "eval_inner_steps": 1},
+                                  "eval_inner_steps": 1, "inner_lr": 0.01},
     "metasgd_miniimagenet_5w5s": {**MAML_5, "name": "metasgd", "inner_steps": 1,
-                                  "eval_inner_steps": 1},
+                                  "eval_inner_steps": 1, "inner_lr": 0.01},
     "mamlpp_miniimagenet_5w1s": MAMLPP_1,
     "mamlpp_miniimagenet_5w5s": {**MAMLPP_1, "shots": 5},  # still meta-batch 2, 15 queries
     "reptile_miniimagenet_5w1s": REPTILE_1,
