@@ -55,8 +55,29 @@ def write_outcome(run_dir: Path, status: str, **fields: Any) -> Path:
     return path
 
 
+# What a metalab job leaves in its directory; a folder with none of these never held one.
+RUN_MARKERS = (".hydra", RESULTS, "checkpoints", "metrics.csv", "train.log", "evaluate.log")
+
+
 def holds_a_run(run_dir: Path) -> bool:
     return run_dir.is_dir() and any(run_dir.iterdir())
+
+
+def refuse_foreign_files(run_dir: Path) -> None:
+    """A folder that holds files but never held a metalab job (``hydra.run.dir=.``, a data
+    folder) is refused in every resume mode: moving its files to attempt-N/ is not ours to do."""
+    if not holds_a_run(run_dir):
+        return
+    if any((run_dir / marker).exists() for marker in RUN_MARKERS) or any(
+        p.name.startswith("attempt-") for p in run_dir.iterdir()
+    ):
+        return
+    names = sorted(p.name for p in run_dir.iterdir())
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    raise ConfigError(
+        f"{run_dir} holds files that are not a metalab run ({shown}): choose a new or empty "
+        "hydra.run.dir (or leave it at its default)."
+    )
 
 
 def move_aside(run_dir: Path) -> Path:
@@ -108,6 +129,7 @@ def prepare_run_dir(run_dir: Path, resume: Any) -> None:
     """A single run's directory: new, or an earlier attempt that did not complete, resumed."""
     if not holds_a_run(run_dir):
         return
+    refuse_foreign_files(run_dir)
     status = read_status(run_dir)
     mode = resume_mode(resume)
     if mode == "auto":
@@ -202,15 +224,30 @@ class RunGuard(Callback):
     a sweep's failed jobs at its end with a non-zero exit code."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Nothing gets past this point unchecked: any error of the checks (a value of the
+        wrong type raises TypeError or ValueError in them) stops the job before Hydra writes
+        into the directory, which would otherwise be a callback warning and a job that goes on
+        into a completed run's files."""
         from metalab.preflight import check_config
 
+        evaluation = "ckpt_path" in config  # metalab-eval: its own directory, never resumed
         try:
-            check_config(config)
+            if not evaluation:
+                check_config(config)
             if launched_rank() > 0:
                 return  # a DDP process Lightning started: rank 0 prepared the directory
-            prepare_run_dir(Path(config.hydra.run.dir), config.get("resume", "auto"))
+            prepare_run_dir(
+                Path(config.hydra.run.dir), "false" if evaluation else config.get("resume", "auto")
+            )
         except ConfigError as error:
             raise SystemExit(f"metalab: error: {error}") from None
+        except Exception as error:  # noqa: BLE001 - the guard must hold for every error
+            raise SystemExit(
+                f"metalab: error: the config could not be checked ({type(error).__name__}: "
+                f"{error}): a value on the command line probably has the wrong type (a number "
+                "is due where text or a list was given); fix it and run again. Nothing was "
+                "written."
+            ) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower():
