@@ -85,7 +85,11 @@ def write_markdown(rows: list[Row], path: Path) -> None:
 
 def write_csv(rows: list[Row], path: Path, extra: Callable[[Row], dict] | None = None) -> None:
     """``extra``: further columns per row, appended after the table's own (timing.py)."""
-    records = [row.as_dict() | (extra(row) if extra else {}) for row in rows]
+    write_records([row.as_dict() | (extra(row) if extra else {}) for row in rows], path)
+
+
+def write_records(records: list[dict], path: Path) -> None:
+    """A CSV with the union of the records' keys as columns, in order of first appearance."""
     columns: dict[str, None] = {}
     for record in records:
         columns.update(dict.fromkeys(record))

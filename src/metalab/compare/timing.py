@@ -10,7 +10,6 @@ they show empty cells, never 0 and never "not reached".
 
 from __future__ import annotations
 
-import csv
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from rich.table import Table
 from metalab.compare.groups import Group
 from metalab.compare.load import Run
 from metalab.compare.rows import Row
+from metalab.compare.tables import write_records
 
 DEFAULT_ACC_THRESHOLDS = (0.90, 0.95, 0.97)
 NOT_REACHED = "—"
@@ -299,13 +299,7 @@ def write_runs_time_csv(rows: list[Row], thresholds: list[Threshold], path: Path
     time logged, as ``reached_*`` tells)."""
     records = [run_record(row.group.label, run, thresholds) for row in rows
                for run in row.group.runs]  # fmt: skip
-    columns: dict[str, None] = {}
-    for record in records:
-        columns.update(dict.fromkeys(record))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns))
-        writer.writeheader()
-        writer.writerows(records)
+    write_records(records, path)
 
 
 def markdown_table(header: list[str], cells: list[list[str]]) -> list[str]:
