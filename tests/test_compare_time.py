@@ -219,3 +219,16 @@ def test_a_real_runs_times_are_its_metrics_csv_values(tmp_path):
     assert float(group["test_cpu_seconds"]) == results["test"]["cpu_seconds"]
     assert int(float(group["train_steps"])) == results["train"]["steps"] == 40
     assert (out / "val_vs_cpu_time.png").is_file()
+
+
+def test_a_resumed_run_s_curve_and_clock_include_its_earlier_attempts(tmp_path):
+    """resume moves an interrupted attempt's files to attempt-N/; the run's curve is all of
+    them, oldest first, and a step validated again keeps the later attempt's row."""
+    run = timed_run(tmp_path, "run", "maml", 0, [(29, 0.94, 15.0, 16.0), (39, 0.96, 20.0, 21.0)])
+    timed_run(run, "attempt-1", "maml", 0, [(9, 0.80, 5.0, 6.0), (19, 0.91, 10.0, 11.0)])
+    timed_run(run, "attempt-2", "maml", 0, [(19, 0.90, 10.2, 11.5), (29, 0.70, 99.0, 99.0)])
+    loaded = load_run(run)
+    assert loaded.curve == [(9, 0.80), (19, 0.90), (29, 0.94), (39, 0.96)]
+    assert loaded.clock[9] == (5.0, 6.0) and loaded.clock[19] == (10.2, 11.5)
+    assert loaded.clock[29] == (15.0, 16.0)
+    assert first_reached(loaded, Threshold("acc", 0.9)).cpu_seconds == 10.2

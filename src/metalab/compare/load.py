@@ -60,34 +60,48 @@ def read_config(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def read_curve(metrics_csv: Path, metric: str) -> list[tuple[int, float]]:
-    """The validation metric over training steps from Lightning's CSV logger."""
-    if not metrics_csv.is_file():
-        return []
+def metrics_files(run_dir: Path) -> list[Path]:
+    """A run's metrics.csv files, oldest first: those of the attempts a resumed run moved to
+    attempt-N/ (N = 1, 2, ...), then its own. Together they hold the whole curve."""
+    attempts = sorted(
+        (p for p in run_dir.glob("attempt-*") if p.name.split("-", 1)[1].isdigit()),
+        key=lambda p: int(p.name.split("-", 1)[1]),
+    )
+    return [p / "metrics.csv" for p in [*attempts, run_dir] if (p / "metrics.csv").is_file()]
+
+
+def read_curve(metrics_csv: Path | list[Path], metric: str) -> list[tuple[int, float]]:
+    """The validation metric over training steps from Lightning's CSV logger; from several
+    files (a resumed run's attempts, oldest first), a step logged again keeps its last value."""
     column = f"val/{metric}"
-    curve = []
-    with metrics_csv.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            value = row.get(column)
-            if value not in (None, "") and row.get("step") not in (None, ""):
-                curve.append((int(float(row["step"])), float(value)))
-    return curve
+    curve: dict[int, float] = {}
+    for path in [metrics_csv] if isinstance(metrics_csv, Path) else metrics_csv:
+        if not path.is_file():
+            continue
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                value = row.get(column)
+                if value not in (None, "") and row.get("step") not in (None, ""):
+                    curve[int(float(row["step"]))] = float(value)
+    return sorted(curve.items())
 
 
-def read_clock(metrics_csv: Path) -> dict[int, tuple[float, float | None]]:
-    """``time/cpu_seconds`` and ``time/wall_seconds`` by step. A step logged twice (a resumed
-    run validating again where an interrupted attempt had) keeps its last row, as the curve
-    read in the plots does."""
-    if not metrics_csv.is_file():
-        return {}
+def read_clock(metrics_csv: Path | list[Path]) -> dict[int, tuple[float, float | None]]:
+    """``time/cpu_seconds`` and ``time/wall_seconds`` by step, from one file or a resumed
+    run's files oldest first. A step logged twice (a resumed run validating again where an
+    interrupted attempt had) keeps its last row, as the curve does."""
     clock: dict[int, tuple[float, float | None]] = {}
-    with metrics_csv.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            cpu, step = row.get("time/cpu_seconds"), row.get("step")
-            if cpu in (None, "") or step in (None, ""):
-                continue
-            wall = row.get("time/wall_seconds")
-            clock[int(float(step))] = (float(cpu), float(wall) if wall not in (None, "") else None)
+    for path in [metrics_csv] if isinstance(metrics_csv, Path) else metrics_csv:
+        if not path.is_file():
+            continue
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                cpu, step = row.get("time/cpu_seconds"), row.get("step")
+                if cpu in (None, "") or step in (None, ""):
+                    continue
+                wall = row.get("time/wall_seconds")
+                wall_value = float(wall) if wall not in (None, "") else None
+                clock[int(float(step))] = (float(cpu), wall_value)
     return clock
 
 
@@ -115,8 +129,8 @@ def load_run(run_dir: Path) -> Run:
     run.test_tasks = summary.get("tasks")
     run.val_best = _number(results["metrics"].get(f"val/{run.metric}_best"))
     run.protocol = dict(results.get("protocol") or {})
-    run.curve = read_curve(run_dir / "metrics.csv", run.metric)
-    run.clock = read_clock(run_dir / "metrics.csv")
+    run.curve = read_curve(metrics_files(run_dir), run.metric)
+    run.clock = read_clock(metrics_files(run_dir))
     run.train = _dict(results.get("train"))
     run.test_time = _dict(results.get("test"))
     run.hardware = _dict(results.get("hardware"))
