@@ -49,4 +49,4 @@ def test_wheel_installs_into_a_fresh_venv_and_composes_from_elsewhere(tmp_path):
         "job",
         cwd=elsewhere,
     ).stdout
-    assert "inner_lr: 0.4" in omniglot and "name: conv4" in omniglot
+    assert "inner_lr: 2.0" in omniglot and "downsample: stride" in omniglot
