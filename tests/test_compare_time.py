@@ -232,3 +232,14 @@ def test_a_resumed_run_s_curve_and_clock_include_its_earlier_attempts(tmp_path):
     assert loaded.clock[9] == (5.0, 6.0) and loaded.clock[19] == (10.2, 11.5)
     assert loaded.clock[29] == (15.0, 16.0)
     assert first_reached(loaded, Threshold("acc", 0.9)).cpu_seconds == 10.2
+
+
+def test_an_earlier_attempt_is_part_of_its_run_not_a_run_of_its_own(tmp_path):
+    from metalab.compare.discover import find_run_dirs
+
+    run = timed_run(tmp_path / "sweep", "run", "maml", 0, STEADY)
+    attempt = timed_run(run, "attempt-1", "maml", 0, ZIGZAG)
+    results = json.loads((attempt / "results.json").read_text())
+    (attempt / "results.json").write_text(json.dumps(results | {"status": "interrupted"}))
+    assert find_run_dirs([tmp_path / "sweep"]) == [run.resolve()]
+    assert find_run_dirs([run]) == [run.resolve()]

@@ -7,8 +7,17 @@ from pathlib import Path
 from metalab.errors import ConfigError
 
 
+def earlier_attempt(run_dir: Path) -> bool:
+    """An ``attempt-N/`` folder inside a run: the files of an attempt that a resume moved
+    aside; it is part of that run (its curve, load.metrics_files), not a run of its own."""
+    return any(
+        part.startswith("attempt-") and part.split("-", 1)[1].isdigit() for part in run_dir.parts
+    )
+
+
 def find_run_dirs(paths: list[Path]) -> list[Path]:
-    """Every directory holding a ``results.json``, at or below each path, each once."""
+    """Every directory holding a ``results.json``, at or below each path, each once; earlier
+    attempts of a resumed run are left to their run."""
     found: dict[Path, None] = {}
     for path in paths:
         if not path.exists():
@@ -19,7 +28,9 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
             found[path.parent.resolve()] = None
             continue
         for results in sorted(path.rglob("results.json")):
-            found[results.parent.resolve()] = None
+            relative = results.parent.relative_to(path)
+            if not earlier_attempt(relative):
+                found[results.parent.resolve()] = None
     if not found:
         raise ConfigError(
             f"no results.json under {', '.join(map(str, paths))}: point metalab-compare at "
