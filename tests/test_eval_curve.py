@@ -39,7 +39,8 @@ def test_curve_points_below_one_is_refused_with_the_fix():
         scored_steps(10, 0)
 
 
-def learner(algorithm: str) -> MetaLearner:
+def learner(algorithm: str, *overrides: str, steps: int = EVAL_STEPS) -> MetaLearner:
+    """A float64 MetaLearner of ``algorithm`` on a tiny 3-way Conv-4 (also test_eval_speed's)."""
     with initialize_config_dir(config_dir(), version_base="1.3"):
         cfg = compose(
             "train",
@@ -48,9 +49,10 @@ def learner(algorithm: str) -> MetaLearner:
                 "dataset=omniglot",
                 "model=conv4",
                 "model.channels=4",
-                f"++algorithm.eval_inner_steps={EVAL_STEPS}",
+                f"++algorithm.eval_inner_steps={steps}",
                 "dataset.ways=3",
                 "strategy=loop",
+                *overrides,
             ],
         )
     plain = OmegaConf.to_container(cfg, resolve=True)

@@ -8,38 +8,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from metalab import fast_eval
 from metalab.data.episodes import NWayKShot
 from metalab.execution import AutoStrategy, LoopStrategy
 from metalab.module import MetaLearner
-from metalab.paths import config_dir
+from test_eval_curve import learner as curve_learner
 from test_meta_gradient import RandomImages, sample_batch
 
 STEPS = 4
 
 
 def learner(algorithm: str, *overrides: str) -> MetaLearner:
-    with initialize_config_dir(config_dir(), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"algorithm={algorithm}",
-                "dataset=omniglot",
-                "model=conv4",
-                "model.channels=4",
-                f"++algorithm.eval_inner_steps={STEPS}",
-                "dataset.ways=3",
-                "strategy=loop",
-                *overrides,
-            ],
-        )
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("hydra", None)
-    torch.manual_seed(0)
-    return MetaLearner(plain, (1, 16, 16), 3).double()
+    return curve_learner(algorithm, *overrides, steps=STEPS)
 
 
 def both_paths(module: MetaLearner, tasks: int = 2):
