@@ -1,11 +1,22 @@
 """Checkpoints: read as data only, refused when they belong to another algorithm or model,
-and written when a run is interrupted (SIGINT/SIGTERM) so it can be resumed."""
+and written when a run is interrupted (SIGINT/SIGTERM) so it can be resumed.
+
+Every checkpoint is verified before it is loaded: its zip archive's CRCs, and the sha256 that
+was written beside it at save time (``last.ckpt.sha256``, in ``sha256sum`` format, so
+``sha256sum -c last.ckpt.sha256`` checks it too). torch.load checks neither: flipped bytes in
+a weight tensor would otherwise give a "completed" run with a NaN or a wrong test metric.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 import signal
+import zipfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +26,147 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from metalab.errors import ConfigError
+from metalab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("metalab")
 
 INTERRUPTED_NAME = "interrupted"
+HASH_SUFFIX = ".sha256"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
+
+
+def hash_file(path: str | Path) -> Path:
+    """Where a checkpoint's content hash lives: ``last.ckpt`` -> ``last.ckpt.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + HASH_SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256, read in 1 MiB blocks (hashlib.file_digest needs Python 3.11)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_hash(path: Path, digest: str) -> None:
+    """Write ``<digest>  <name>`` beside the checkpoint, atomically (temporary file, rename):
+    a half-written hash file would make a good checkpoint look damaged."""
+    target = hash_file(path)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        partial.write_text(f"{digest}  {path.name}\n")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _recorded_sha256(path: Path) -> str | None:
+    """The hex digest in the hash file (the name after it is not compared: a copied or renamed
+    checkpoint keeps its hash); None if the hash file is not a sha256 line."""
+    words = hash_file(path).read_text(errors="replace").split()
+    digest = words[0].lower() if words else ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        return None
+    return digest
+
+
+def _zip_damage(path: Path) -> str | None:
+    """What is wrong with the checkpoint's zip archive, None if every member's CRC holds."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as error:
+        return f"not a whole zip archive: {error}"
+    return f"the CRC of {bad} fails" if bad else None
+
+
+def _hash_damage(path: Path) -> str | None:
+    """What is wrong against the hash written at save time; None if it matches or if the
+    checkpoint has no hash file (one written before metalab wrote them: CRC only)."""
+    if not hash_file(path).is_file():
+        return None
+    recorded = _recorded_sha256(path)
+    if recorded is None:
+        return f"{hash_file(path).name} holds no sha256 digest"
+    actual = file_sha256(path)
+    if actual != recorded:
+        return (
+            f"its sha256 {actual[:12]}... differs from {recorded[:12]}... written at save time "
+            f"in {hash_file(path).name}"
+        )
+    return None
+
+
+def checkpoint_damage(path: str | Path) -> str | None:
+    """Why a checkpoint file is damaged, or None if it verifies. A file that is not a zip at
+    all, or cannot be opened, gets no verdict here: torch.load's own error names it then."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            is_zip = handle.read(4) == ZIP_MAGIC
+        return (_zip_damage(path) if is_zip else None) or _hash_damage(path)
+    except OSError:
+        return None
+
+
+def _run_checkpoints(path: Path) -> list[Path]:
+    """The other checkpoints of the run ``path`` belongs to: its folder, and the run's
+    ``checkpoints/`` and ``attempt-N/checkpoints/`` folders."""
+    folder = path.parent
+    folders = {folder}
+    if folder.name == "checkpoints":
+        run_dir = folder.parent
+        if run_dir.name.startswith("attempt-"):
+            run_dir = run_dir.parent
+        folders |= {run_dir / "checkpoints", *run_dir.glob("attempt-*/checkpoints")}
+    found = {p.resolve() for f in folders for p in f.glob("*.ckpt") if p.is_file()}
+    found.discard(path.resolve())
+    return sorted(found)
+
+
+def last_good_checkpoint(path: str | Path) -> Path | None:
+    """The newest other checkpoint of the same run that verifies, to suggest instead."""
+    good = [p for p in _run_checkpoints(Path(path)) if checkpoint_damage(p) is None]
+    return max(good, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Refuse a damaged checkpoint in one line naming the file, what failed and what to use
+    instead. Called before every load: metalab's own and Lightning's (resume, test)."""
+    if not Path(path).is_file():
+        return  # the caller's "does not exist" is the better message
+    damage = checkpoint_damage(path)
+    if damage is None:
+        return
+    other = last_good_checkpoint(path)
+    if other is None:
+        instead = "no other checkpoint of this run verifies: re-run, or restore it from a backup."
+    else:
+        instead = (
+            f"use {other} instead (the newest checkpoint of this run that verifies) as "
+            "resume= or ckpt_path=, or re-run."
+        )
+    raise CheckpointError(f"{path} is damaged ({damage}) and was not loaded: {instead}")
+
+
+def copy_checkpoint(source: str | Path, target: str | Path) -> None:
+    """Copy a checkpoint with its hash file, so that the copy is verified as the original is
+    (a copy without it would be checked by CRC only; one beside a stale hash, refused)."""
+    source, target = Path(source), Path(target)
+    hash_file(target).unlink(missing_ok=True)
+    shutil.copy2(source, target)
+    if hash_file(source).is_file():
+        shutil.copy2(hash_file(source), hash_file(target))
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint as data only (``weights_only=True``: no code runs from the file)."""
+    """Read a verified checkpoint as data only (``weights_only=True``: no code runs from it)."""
     ckpt_file = Path(path).expanduser()
     if not ckpt_file.is_file():
         raise ConfigError(f"ckpt_path={path} does not exist: pass the path of a .ckpt file.")
+    verify_checkpoint(ckpt_file)
     try:
         return torch.load(ckpt_file, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same answer
@@ -107,7 +247,10 @@ class InterruptCheckpoint(Callback):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside it, then renames it into place: a
     process killed mid-write (SIGKILL, a pre-emption, a full disk) leaves the previous
-    last.ckpt whole instead of a truncated one that resume could not read."""
+    last.ckpt whole instead of a truncated one that resume could not read. Beside it goes its
+    sha256, and every checkpoint Lightning loads (``fit``/``test`` with ``ckpt_path``) is
+    verified first. Every checkpoint metalab writes (ModelCheckpoint's best/last, the
+    interrupt checkpoint) goes through ``trainer.save_checkpoint``, i.e. through this class."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
@@ -117,6 +260,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         partial = target.with_name(f".{target.name}.partial")
         try:
             super().save_checkpoint(checkpoint, partial, storage_options)
+            digest = file_sha256(partial)
+            # The old hash goes first: a kill before the new one is written leaves a checkpoint
+            # checked by CRC only, never a good one refused for a stale hash.
+            hash_file(target).unlink(missing_ok=True)
             os.replace(partial, target)
+            write_hash(target, digest)
         finally:
             partial.unlink(missing_ok=True)
+
+    def load_checkpoint(
+        self,
+        path: str | Path,
+        map_location: Callable | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        verify_checkpoint(path)
+        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        super().remove_checkpoint(path)
+        hash_file(path).unlink(missing_ok=True)

@@ -9,6 +9,13 @@ class ConfigError(MetalabError):
     """A configuration value that cannot work; raised before any training starts."""
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint whose bytes are not the ones written (a failed zip CRC or a content hash
+    that differs from the one saved beside it): loading it would run on damaged weights. A
+    ConfigError, so every place that turns a bad ``resume``/``ckpt_path`` into one line
+    handles it too."""
+
+
 class DataError(MetalabError):
     """A data set that is missing, incomplete or corrupt."""
 
