@@ -15,7 +15,7 @@ from rich.console import Console
 from metalab.compare.discover import find_run_dirs
 from metalab.compare.groups import group_runs
 from metalab.compare.html import section, write_html
-from metalab.compare.load import load_run
+from metalab.compare.load import MalformedRun, Run, load_run
 from metalab.compare.plots import (
     plot_metric_vs_cpu_time,
     plot_test_vs_published,
@@ -95,9 +95,49 @@ def thresholds(args: argparse.Namespace) -> list[Threshold]:
         ) from None
 
 
+def check_out(out: Path) -> None:
+    """``--out`` is the report's folder; an existing file is refused before anything is read
+    (the report's files would otherwise be written "into" it with a traceback)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"--out {out} is a file, and --out must be a folder (created if missing): name a "
+            "new or existing folder, e.g. --out comparison."
+        )
+
+
+def make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"--out {out} cannot be created ({error.strerror or error}): --out must be a folder "
+            "you can write to."
+        ) from None
+
+
+def load_runs(run_dirs: list[Path]) -> list[Run]:
+    """Every run that can be read; a malformed one is skipped with one warning line naming its
+    file, so one bad results.json does not stop the comparison of the others."""
+    runs = []
+    for run_dir in run_dirs:
+        try:
+            runs.append(load_run(run_dir))
+        except MalformedRun as error:
+            print(f"metalab: warning: skipped {error}; repair or remove it.", file=sys.stderr)
+    if not runs:
+        raise MetalabError(
+            f"none of the {len(run_dirs)} results.json found can be read (see the warnings "
+            "above): repair them, or point metalab-compare at other runs."
+        )
+    return runs
+
+
 def compare(args: argparse.Namespace, console: Console) -> int:
     asked = thresholds(args)
-    runs = [load_run(d) for d in find_run_dirs(args.paths)]
+    check_out(args.out)
+    run_dirs = find_run_dirs(args.paths)
+    runs = load_runs(run_dirs)
+    skipped = len(run_dirs) - len(runs)
     groups = group_runs(runs, args.by, tuple(args.ignore))
     rows = build_rows(groups)
     targets = [t for t in asked if any(row.metric == t.metric for row in rows)]
@@ -106,7 +146,7 @@ def compare(args: argparse.Namespace, console: Console) -> int:
         raise MetalabError(
             f"none of the {len(runs)} runs found has completed: there is nothing to compare yet."
         )
-    args.out.mkdir(parents=True, exist_ok=True)
+    make_out(args.out)
     print_table(rows, console)
     print_time_table(rows, targets, console)
     write_markdown(rows, args.out / "comparison.md")
@@ -129,7 +169,8 @@ def compare(args: argparse.Namespace, console: Console) -> int:
     ]
     write_html(rows, images, [r.path for r in runs], args.out / "comparison.html", sections)
     console.print(
-        f"{len(runs)} runs ({failed} not completed) in {len(rows)} groups; "
+        f"{len(runs)} runs ({failed} not completed"
+        f"{f', {skipped} malformed skipped' if skipped else ''}) in {len(rows)} groups; "
         f"report in {args.out}/ (comparison.html, .md, .csv, runs.csv, time_to_accuracy.csv, "
         f"{', '.join(p.name for p in images)})"
     )
@@ -142,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return compare(args, console)
     except MetalabError as error:
-        print(f"metalab-compare: error: {error}", file=sys.stderr)
+        print(f"metalab: error: {error}", file=sys.stderr)
         return 2
 
 

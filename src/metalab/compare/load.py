@@ -1,17 +1,32 @@
-"""One run as metalab-compare sees it: its config, test result and validation curve."""
+"""One run as metalab-compare sees it: its config, test result and validation curve.
+
+A results.json or metrics.csv that cannot be read as metalab wrote it (not JSON, a list, a
+``"mean": "abc"``) raises ``MalformedRun`` naming the file and what is wrong: the comparison
+skips that run with a warning instead of stopping on a traceback.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from metalab.errors import ConfigError
+from metalab.errors import MetalabError
+
+
+class MalformedRun(MetalabError):
+    """A run's results.json, metrics.csv or .hydra/config.yaml that cannot be read: that run
+    is skipped, the others are still compared. The message is "<file>: <what is wrong>"."""
+
+
+class _Invalid(ValueError):
+    """What is wrong with one value of a results.json; load_run adds the file's path."""
 
 
 @dataclass
@@ -55,9 +70,16 @@ def read_config(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
     if isinstance(results.get("config"), dict):
         return flatten(results["config"])
     hydra_config = run_dir / ".hydra" / "config.yaml"
-    if hydra_config.is_file():
-        return flatten(yaml.safe_load(hydra_config.read_text()) or {})
-    return {}
+    if not hydra_config.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(hydra_config.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        problem = str(error).splitlines()[0]
+        raise MalformedRun(f"{hydra_config}: not YAML ({problem})") from None
+    if config is not None and not isinstance(config, dict):
+        raise MalformedRun(f"{hydra_config}: holds no mapping of config keys")
+    return flatten(config or {})
 
 
 def metrics_files(run_dir: Path) -> list[Path]:
@@ -70,6 +92,23 @@ def metrics_files(run_dir: Path) -> list[Path]:
     return [p / "metrics.csv" for p in [*attempts, run_dir] if (p / "metrics.csv").is_file()]
 
 
+def _csv_rows(path: Path) -> Iterator[dict[str, str]]:
+    """The rows of a CSV file; a file that is not CSV raises MalformedRun naming it."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            yield from reader
+        except (csv.Error, UnicodeDecodeError) as error:
+            raise MalformedRun(f"{path}: line {reader.line_num} is not CSV ({error})") from None
+
+
+def _csv_number(path: Path, row: dict[str, str], column: str) -> float:
+    try:
+        return float(row[column])
+    except (TypeError, ValueError):
+        raise MalformedRun(f"{path}: {column}={_shown(row[column])} is not a number") from None
+
+
 def read_curve(metrics_csv: Path | list[Path], metric: str) -> list[tuple[int, float]]:
     """The validation metric over training steps from Lightning's CSV logger; from several
     files (a resumed run's attempts, oldest first), a step logged again keeps its last value."""
@@ -78,11 +117,9 @@ def read_curve(metrics_csv: Path | list[Path], metric: str) -> list[tuple[int, f
     for path in [metrics_csv] if isinstance(metrics_csv, Path) else metrics_csv:
         if not path.is_file():
             continue
-        with path.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                value = row.get(column)
-                if value not in (None, "") and row.get("step") not in (None, ""):
-                    curve[int(float(row["step"]))] = float(value)
+        for row in _csv_rows(path):
+            if row.get(column) not in (None, "") and row.get("step") not in (None, ""):
+                curve[int(_csv_number(path, row, "step"))] = _csv_number(path, row, column)
     return sorted(curve.items())
 
 
@@ -94,54 +131,105 @@ def read_clock(metrics_csv: Path | list[Path]) -> dict[int, tuple[float, float |
     for path in [metrics_csv] if isinstance(metrics_csv, Path) else metrics_csv:
         if not path.is_file():
             continue
-        with path.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                cpu, step = row.get("time/cpu_seconds"), row.get("step")
-                if cpu in (None, "") or step in (None, ""):
-                    continue
-                wall = row.get("time/wall_seconds")
-                wall_value = float(wall) if wall not in (None, "") else None
-                clock[int(float(step))] = (float(cpu), wall_value)
+        for row in _csv_rows(path):
+            if row.get("time/cpu_seconds") in (None, "") or row.get("step") in (None, ""):
+                continue
+            wall = row.get("time/wall_seconds")
+            wall_value = _csv_number(path, row, "time/wall_seconds") if wall else None
+            step = int(_csv_number(path, row, "step"))
+            clock[step] = (_csv_number(path, row, "time/cpu_seconds"), wall_value)
     return clock
 
 
-def load_run(run_dir: Path) -> Run:
+JSON_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number",
+              bool: "a boolean", type(None): "null"}  # fmt: skip
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A results.json as a dict; anything else (unreadable, not JSON, a JSON list) raises
+    MalformedRun naming the file."""
     try:
-        results = json.loads((run_dir / "results.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(
-            f"{run_dir / 'results.json'} cannot be read ({error}): remove or repair that run."
-        ) from None
+        results = json.loads(path.read_text())
+    except OSError as error:
+        raise MalformedRun(f"{path}: cannot be read ({error.strerror or error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise MalformedRun(f"{path}: not JSON ({error})") from None
+    if not isinstance(results, dict):
+        kind = JSON_KINDS.get(type(results), type(results).__name__)
+        raise MalformedRun(f"{path}: holds {kind}, not the JSON object metalab writes")
+    return results
+
+
+def load_run(run_dir: Path) -> Run:
+    """The run in ``run_dir``; MalformedRun if its results.json or metrics.csv is malformed."""
+    path = run_dir / "results.json"
+    results = read_results(path)
+    try:
+        return _run_of(run_dir, results)
+    except _Invalid as error:
+        raise MalformedRun(f"{path}: {error}") from None
+
+
+def _run_of(run_dir: Path, results: dict[str, Any]) -> Run:
     # results.json without a status predates failure recording: it was written on success
+    status = results.get("status", "completed")
+    if not isinstance(status, str):
+        raise _Invalid(f"status is {_shown(status)}, not text (completed, failed or interrupted)")
     run = Run(
         path=run_dir,
-        status=str(results.get("status", "completed")),
+        status=status,
         config=read_config(run_dir, results),
         error=results.get("error"),
     )
-    tests = {k: v for k, v in results.get("metrics", {}).items() if k.startswith("test/")}
+    metrics = _typed(results, "metrics", dict, "an object") or {}
+    tests = {k: v for k, v in metrics.items() if k.startswith("test/")}
     if not tests:
         return run
     key, summary = next(iter(tests.items()))
-    run.metric = summary.get("metric") or key.split("/", 1)[1]
-    run.test_mean = _number(summary.get("mean"))
-    run.test_ci95 = _number(summary.get("ci95"))
-    run.test_tasks = summary.get("tasks")
-    run.val_best = _number(results["metrics"].get(f"val/{run.metric}_best"))
-    run.protocol = dict(results.get("protocol") or {})
+    if not isinstance(summary, dict):
+        raise _Invalid(f"metrics.{key} is {_shown(summary)}, not an object with mean and ci95")
+    run.metric = _typed(summary, "metric", str, "text", f"metrics.{key}.") or key.split("/", 1)[1]
+    run.test_mean = _number(summary, "mean", f"metrics.{key}.")
+    run.test_ci95 = _number(summary, "ci95", f"metrics.{key}.")
+    run.test_tasks = _typed(summary, "tasks", int, "a whole number", f"metrics.{key}.")
+    run.val_best = _number(metrics, f"val/{run.metric}_best", "metrics.")
+    run.protocol = dict(_typed(results, "protocol", dict, "an object") or {})
+    run.train = _numbers(results, "train", ("steps", "seconds", "cpu_seconds", "wall_seconds"))
+    run.test_time = _numbers(results, "test", ("cpu_seconds", "wall_seconds"))
+    run.hardware = _dict(results.get("hardware"))
     run.curve = read_curve(metrics_files(run_dir), run.metric)
     run.clock = read_clock(metrics_files(run_dir))
-    run.train = _dict(results.get("train"))
-    run.test_time = _dict(results.get("test"))
-    run.hardware = _dict(results.get("hardware"))
     return run
 
 
-def _number(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value
+def _shown(value: Any) -> str:
+    """A value as it appears in a warning: short enough for one line."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _typed(
+    tree: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str, prefix: str = ""
+) -> Any:
+    """``tree[key]`` if it is absent, null or of ``kind`` (a bool is no number); else _Invalid."""
+    value = tree.get(key)
+    if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
+        return value
+    raise _Invalid(f"{prefix}{key} is {_shown(value)}, not {what}")
+
+
+def _number(tree: dict[str, Any], key: str, prefix: str = "") -> float | None:
+    """A number of results.json (NaN, as a diverged run records, reads as no number)."""
+    value = _typed(tree, key, (int, float), "a number", prefix)
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _numbers(results: dict[str, Any], key: str, names: tuple[str, ...]) -> dict[str, Any]:
+    """``train``/``test``: an object whose times and steps, where present, are numbers."""
+    section = _typed(results, key, dict, "an object") or {}
+    for name in names:
+        _typed(section, name, (int, float), "a number", f"{key}.")
+    return dict(section)
 
 
 def _dict(value: Any) -> dict[str, Any]:
