@@ -139,15 +139,18 @@ def test_missing_dataset_root_names_the_path_and_the_fix(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("algorithm.meta_batch=0", "algorithm.meta_batch=0: it must be a positive number"),
-        ("trainer.max_steps=-1", "trainer.max_steps=-1: it must be a positive number"),
-        ("eval.tasks=0", "eval.tasks=0: it must be a positive number"),
-        ("val.tasks=0", "val.tasks=0: it must be a positive number"),
-        ("optimizer.lr=0", "optimizer.lr=0: a learning rate must be positive"),
-        ("algorithm.inner_lr=-0.1", "algorithm.inner_lr=-0.1: a learning rate must be positive"),
-        ("algorithm.eval_inner_lr=0", "algorithm.eval_inner_lr=0: a learning rate must be"),
-        ("algorithm.inner_steps=0", "algorithm.inner_steps=0: set it to at least 1 step"),
-        ("algorithm.eval_inner_steps=-2", "algorithm.eval_inner_steps=-2: set it to at least 1"),
+        ("algorithm.meta_batch=0", "algorithm.meta_batch=0: expected an integer >= 1"),
+        ("trainer.max_steps=-1", "trainer.max_steps=-1: expected an integer >= 1"),
+        ("eval.tasks=0", "eval.tasks=0: expected an integer >= 1 and <= 1000000"),
+        ("val.tasks=0", "val.tasks=0: expected an integer >= 1 and <= 1000000"),
+        ("optimizer.lr=0", "optimizer.lr=0: expected a number > 0 and <= 10000 (a learning rate"),
+        ("algorithm.inner_lr=-0.1", "algorithm.inner_lr=-0.1: expected a number > 0"),
+        ("algorithm.eval_inner_lr=0", "algorithm.eval_inner_lr=0: expected a number > 0"),
+        ("algorithm.inner_steps=0", "algorithm.inner_steps=0: expected an integer >= 1"),
+        (
+            "algorithm.eval_inner_steps=-2",
+            "algorithm.eval_inner_steps=-2: expected an integer >= 1",
+        ),
     ],
 )
 def test_non_positive_settings_are_refused_before_any_data(override, message, monkeypatch):

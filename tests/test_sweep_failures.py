@@ -9,8 +9,10 @@ from cli import read_results, run_cli
 
 SWEEP = [
     "-m",
-    # job 1 diverges at its second step; job 2 has a value the config checks refuse
-    "optimizer.lr=0.001,1e30,0,0.002",
+    # 6 jobs: lr 10000 diverges at the second step (jobs 1 and 5); scheduler=step without
+    # its step_size is refused by the config checks (jobs 2 and 3); jobs 0 and 4 complete
+    "optimizer.scheduler=none,step,cosine",
+    "optimizer.lr=0.001,10000",
     "trainer.max_steps=4",
     "trainer.val_check_interval=2",
     "algorithm.meta_batch=5",
@@ -34,21 +36,24 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def test_failed_job_is_recorded_others_run_and_resume_reruns_only_it(tmp_path):
     sweep = tmp_path / "sweep"
     out = run_cli("metalab-train", *SWEEP, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-    assert [job.name.split("_")[0] for job in jobs] == ["0", "1", "2", "3"]
+    jobs = sorted(
+        (p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name.split("_")[0])
+    )
+    assert [job.name.split("_")[0] for job in jobs] == ["0", "1", "2", "3", "4", "5"]
     assert "resume" not in jobs[0].name  # the job's directory does not depend on resume
     statuses = [read_results(job)["status"] for job in jobs]
-    assert statuses == ["completed", "failed", "failed", "completed"]
+    assert statuses == ["completed", "failed", "failed", "failed", "completed", "failed"]
     error = read_results(jobs[1])["error"]
     assert error.startswith("the meta-training loss is not finite at step 1")
     refused = read_results(jobs[2])
-    assert refused["error_type"] == "ConfigError" and refused["error"] == (
-        "optimizer.lr=0: a learning rate must be positive (try 0.001)."
+    assert refused["error_type"] == "ConfigError" and refused["error"].startswith(
+        "optimizer.scheduler=step multiplies the outer lr by optimizer.gamma every "
+        "optimizer.step_size outer steps, but optimizer.step_size is null"
     )
     assert not (jobs[2] / "checkpoints").exists()  # refused before any data or training
     assert out.returncode == 1  # the sweep ran to its end, and says something failed
     assert (
-        f"metalab: error: 2 of 4 jobs did not complete:\n  {jobs[1].name}: failed ({error})\n"
+        f"metalab: error: 4 of 6 jobs did not complete:\n  {jobs[1].name}: failed ({error})\n"
         f"  {jobs[2].name}: failed ({refused['error']})"
     ) in out.stderr
     assert f"re-run the same command with resume=true hydra.sweep.dir={sweep}" in out.stderr
@@ -60,7 +65,7 @@ def test_failed_job_is_recorded_others_run_and_resume_reruns_only_it(tmp_path):
     out = run_cli("metalab-train", *SWEEP, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert out.returncode == 1
     assert (
-        f"metalab: error: hydra.sweep.dir={sweep} already holds a sweep of 4 jobs and metalab "
+        f"metalab: error: hydra.sweep.dir={sweep} already holds a sweep of 6 jobs and metalab "
         "never overwrites one: add resume=true"
     ) in out.stderr
     assert {job.name: snapshot(job) for job in jobs} | {
@@ -68,17 +73,17 @@ def test_failed_job_is_recorded_others_run_and_resume_reruns_only_it(tmp_path):
     } == before
 
     # A job whose results.json is missing (killed mid-run) counts as unfinished.
-    (jobs[3] / "results.json").unlink()
-    unfinished = snapshot(jobs[3])
+    (jobs[4] / "results.json").unlink()
+    unfinished = snapshot(jobs[4])
     out = run_cli("metalab-train", *SWEEP, "resume=true", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert out.returncode == 1  # the two bad jobs fail again, and are the only ones reported
-    assert "2 of 4 jobs did not complete" in out.stderr
+    assert out.returncode == 1  # the four bad jobs fail again, and are the only ones reported
+    assert "4 of 6 jobs did not complete" in out.stderr
     assert "already completed; skipped" in out.stdout
     assert snapshot(jobs[0]) == before[jobs[0].name]  # completed: byte for byte, .hydra too
-    assert snapshot(jobs[1] / "attempt-1") == before[jobs[1].name]  # moved aside, never deleted
-    assert read_results(jobs[1])["status"] == "failed"
-    assert snapshot(jobs[2] / "attempt-1") == before[jobs[2].name]
-    assert snapshot(jobs[3] / "attempt-1") == unfinished
-    assert read_results(jobs[3])["status"] == "completed"  # the unfinished job ran again
+    for bad in (1, 2, 3, 5):  # moved aside, never deleted
+        assert snapshot(jobs[bad] / "attempt-1") == before[jobs[bad].name]
+        assert read_results(jobs[bad])["status"] == "failed"
+    assert snapshot(jobs[4] / "attempt-1") == unfinished
+    assert read_results(jobs[4])["status"] == "completed"  # the unfinished job ran again
     assert (sweep / "multirun.attempt-1.yaml").read_bytes() == before["top"]
     assert not any(sweep.rglob(".hydra-kept"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from metalab.inner_loop import InnerLoop
 from metalab.losses import TASK_KINDS
 from metalab.models import build_model
 from metalab.paths import config_dir
+from metalab.schema import EVAL, TRAIN, check_memory, check_override_value, check_values
 
 # Keys every algorithm config has that the data/module read, not the algorithm class.
 SHARED_ALGORITHM_KEYS = frozenset({"name", "meta_batch"})
@@ -63,6 +65,16 @@ def _values(override) -> list[str]:
     if override.is_sweep_override():
         return [str(v) for v in override.sweep_string_iterator()]
     return [str(override.get_value_element_as_str())]
+
+
+def _typed_values(override) -> list[Any]:
+    """The values of an override as Hydra will type them (a sweep's each); [] if unknown."""
+    try:
+        if override.is_sweep_override():
+            return list(override.sweep_iterator())
+        return [override.value()]
+    except Exception:  # noqa: BLE001 - glob or interval sweeps: checked once composed
+        return []
 
 
 def setting_keys(cfg: DictConfig, prefix: str = "") -> Iterator[str]:
@@ -103,6 +115,8 @@ def check_overrides(overrides: list[str], config_name: str = "train") -> None:
             chosen.append(f"{key}={_values(override)[0]}")
         else:
             settings.append(key)
+            for value in _typed_values(override):  # each value of a sweep, before launching
+                check_override_value(key, value, TRAIN if config_name == "train" else EVAL)
     if not settings:
         return
     try:
@@ -180,6 +194,17 @@ def check_learning_rates(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value}: set it to at least {unit}.")
 
 
+def check_scheduler(cfg: DictConfig) -> None:
+    """scheduler=step needs its period; refused here rather than after the data is loaded."""
+    opt = cfg.optimizer
+    if opt.get("scheduler") == "step" and opt.get("step_size") is None:
+        raise ConfigError(
+            "optimizer.scheduler=step multiplies the outer lr by optimizer.gamma every "
+            "optimizer.step_size outer steps, but optimizer.step_size is null: set it to an "
+            "integer >= 1 (ProtoNets: 2000)."
+        )
+
+
 def _default_lr(leaf: str) -> str:
     return "0.001" if leaf == "lr" else "0.01 for sinusoid, 0.4 for Omniglot"
 
@@ -253,17 +278,32 @@ def example_shape(cfg: DictConfig) -> tuple[int, ...]:
     return (1 if cfg.dataset.name in GRAYSCALE else 3, size, size)
 
 
+def parameter_count(cfg: DictConfig, shape: tuple[int, ...], ways: int, head: bool) -> int | None:
+    """The model's parameters, counted on the meta device (nothing is allocated, so a model
+    too large for the machine is measured instead of built); None if it cannot be built."""
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model, shape, ways, head=head)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - the real build below reports what is wrong
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
 def check_algorithm_settings(cfg: DictConfig) -> None:
     """Let the algorithm's constructor refuse its settings now, on the configured model.
 
     The model is built on the shape the data set will give (cheap: no data is read), so
     checks that need it (ANIL's head, MAML++'s batch norm) hold too.
     """
+    shape = example_shape(cfg)
+    ways = int(cfg.dataset.ways) if cfg.dataset.task == "classification" else 1
+    head = has_fixed_head(cfg.algorithm.name)  # metric methods: the model as they get it
+    check_memory(cfg, math.prod(shape), parameter_count(cfg, shape, ways, head))
     try:
         kind = TASK_KINDS[cfg.dataset.task]
-        ways = int(cfg.dataset.ways) if cfg.dataset.task == "classification" else 1
-        head = has_fixed_head(cfg.algorithm.name)  # metric methods: the model as they get it
-        model = build_model(cfg.model, example_shape(cfg), ways, head=head)
+        model = build_model(cfg.model, shape, ways, head=head)
         build_algorithm(cfg.algorithm, InnerLoop(model, kind))
     except ConfigError:
         raise
@@ -272,9 +312,12 @@ def check_algorithm_settings(cfg: DictConfig) -> None:
 
 
 def check_config(cfg: Any) -> None:
-    """Every check that needs only the config, cheapest first."""
+    """Every check that needs only the config, cheapest first: types and ranges of every
+    value (``metalab.schema``) before anything does arithmetic with them."""
+    check_values(cfg)
     check_positive(cfg)
     check_learning_rates(cfg)
+    check_scheduler(cfg)
     check_algorithm_keys(cfg)
     check_algorithm_settings(cfg)
     check_head(cfg)

@@ -1,0 +1,142 @@
+"""Every number and flag of the composed config has a type and a range (issue 18): a string, a
+list, a float where an integer is due, zero, a negative and a huge value given to any of them
+stop the job with one ``metalab: error:`` line before a completed run in the target directory
+is touched; a refused value is named with its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from metalab.paths import config_dir
+from metalab.run_status import RunGuard
+from metalab.schema import EVAL, TRAIN, numeric_keys
+from test_guard import completed_run, snapshot
+
+PRESETS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
+ALGORITHMS = sorted(p.stem for p in (Path(config_dir()) / "algorithm").glob("*.yaml"))
+
+
+def compose_with(config_name: str, *overrides: str, hydra: bool = False) -> DictConfig:
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=hydra)
+
+
+def test_every_number_and_flag_of_every_preset_has_a_spec():
+    seen: set[str] = set()
+    for overrides in (
+        [[]] + [[f"experiment={p}"] for p in PRESETS] + [[f"algorithm={a}"] for a in ALGORITHMS]
+    ):
+        seen |= set(numeric_keys(compose_with("train", *overrides)))
+    seen_eval = set(numeric_keys(compose_with("eval", "ckpt_path=x.ckpt")))
+    assert len(seen) > 50
+    assert sorted(seen - set(TRAIN)) == []
+    assert sorted(seen_eval - set(EVAL)) == []
+
+
+def _value(cfg: DictConfig, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def numeric_defaults() -> list[tuple[str, str, list[str]]]:
+    """(key, kind, base overrides under which the key exists) for every number and flag."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    bases = [[]] + [[f"algorithm={a}", "dataset=omniglot", "model=conv4"] for a in ALGORITHMS]
+    bases.append(["dataset=omniglot", "model=conv4", "dataset.augment=koch"])
+    for base in bases:
+        cfg = compose_with("train", *base)
+        for key in numeric_keys(cfg):
+            value = _value(cfg, key)
+            kind = "bool" if isinstance(value, bool) else type(value).__name__
+            found.setdefault(key, (kind, base))
+    return [(key, kind, base) for key, (kind, base) in sorted(found.items())]
+
+
+HOSTILE = {
+    "a string": "abc",
+    "a list": "[1,2]",
+    "a float for an int": "2.5",
+    "zero": "0",
+    "a negative": "-3",
+    "a huge value": "1000000000000000",
+}
+
+
+@pytest.mark.parametrize(("key", "kind", "base"), numeric_defaults(), ids=lambda v: str(v))
+def test_a_hostile_value_for_any_number_stops_before_a_completed_run_is_touched(
+    key, kind, base, tmp_path
+):
+    run_dir = tmp_path / "done"
+    before = completed_run(run_dir)
+    for what, text in HOSTILE.items():
+        cfg = compose_with("train", *base, f"{key}={text}", f"hydra.run.dir={run_dir}", hydra=True)
+        with pytest.raises(SystemExit) as stop:
+            RunGuard().on_run_start(cfg)
+        message = str(stop.value.code)
+        assert message.startswith("metalab: error: ") and "\n" not in message, (what, message)
+        must_name_key = (
+            what in ("a string", "a list")
+            or (what == "a float for an int" and kind == "int")
+            or (kind == "bool")
+        )
+        if must_name_key:
+            assert f"{key}=" in message, (what, message)
+        else:  # refused for its value, or (a valid value) by the guard of the completed run
+            assert f"{key}=" in message or "already holds a completed run" in message, message
+        assert snapshot(run_dir) == before, what
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("seed=1.5", "seed=1.5: it is not a whole number"),
+        ("algorithm.meta_batch=2.5", "algorithm.meta_batch=2.5: it is not a whole number"),
+        ("val.tasks=1000000000", "val.tasks=1000000000: expected an integer >= 1 and <= 1000000"),
+        ("trainer.max_time=abc", "trainer.max_time='abc': it is not a duration"),
+        ("run_name=" + "a" * 300, "it is not one folder name"),
+        ("trainer.devices=0", "trainer.devices=0: expected an integer >= 1"),
+    ],
+)
+def test_silent_truncation_and_unbounded_values_are_refused(override, named, tmp_path):
+    cfg = compose_with("train", override, f"hydra.run.dir={tmp_path / 'new'}", hydra=True)
+    with pytest.raises(SystemExit) as stop:
+        RunGuard().on_run_start(cfg)
+    assert named in str(stop.value.code)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_meta_batch_that_cannot_fit_in_memory_is_refused_with_the_estimate(tmp_path):
+    cfg = compose_with(
+        "train",
+        "dataset=omniglot",
+        "model=conv4",
+        "algorithm.meta_batch=1000000000",
+        f"hydra.run.dir={tmp_path / 'new'}",
+        hydra=True,
+    )
+    with pytest.raises(SystemExit) as stop:
+        RunGuard().on_run_start(cfg)
+    message = str(stop.value.code)
+    # 5 ways x (1 + 15) images of 28 x 28 float32 = 250 KiB per episode
+    assert "algorithm.meta_batch=1000000000: one batch of 1000000000 episodes" in message
+    assert "(245.0 KiB per episode)" in message and "lower algorithm.meta_batch" in message
+
+
+def test_a_model_too_large_for_the_machine_is_measured_not_built(tmp_path):
+    cfg = compose_with(
+        "train",
+        "dataset=omniglot",
+        "model=conv4",
+        "model.channels=100000000",
+        f"hydra.run.dir={tmp_path / 'new'}",
+        hydra=True,
+    )
+    with pytest.raises(SystemExit) as stop:
+        RunGuard().on_run_start(cfg)
+    assert "parameters, needing at least" in str(stop.value.code)
