@@ -45,6 +45,8 @@ def test_a_wrong_type_stops_the_job_before_a_completed_run_is_touched(bad, tmp_p
 
 def test_an_evaluation_never_writes_into_a_run_directory(tmp_path):
     run_dir = tmp_path / "done"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "best.ckpt").write_bytes(b"weights")  # refused before reading
     before = completed_run(run_dir)
     out = run_cli(
         "metalab-eval", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",

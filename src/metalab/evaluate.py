@@ -28,6 +28,27 @@ from metalab.results import completed_results, write_json
 log = logging.getLogger("metalab")
 
 
+def check_ckpt_path(cfg: DictConfig) -> None:
+    """``ckpt_path`` names a checkpoint file that exists; a folder gets the files it holds."""
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ConfigError(
+            "metalab-eval needs the checkpoint to test: add "
+            "ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt."
+        )
+    path = Path(str(cfg.ckpt_path))
+    if path.is_dir():
+        found = sorted(path.glob("*.ckpt")) or sorted(path.glob("checkpoints/*.ckpt"))
+        choose = ", ".join(str(p) for p in found[:4]) if found else "none is inside it"
+        raise ConfigError(
+            f"ckpt_path={path} is a folder, not a checkpoint file: pass one .ckpt file ({choose})."
+        )
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt_path={path} does not exist: pass the path of a .ckpt file (a run keeps "
+            "them in <run>/checkpoints/)."
+        )
+
+
 def training_config(ckpt: dict, overrides: DictConfig) -> DictConfig:
     """The training run's config with the test-time protocol overrides applied."""
     cfg = OmegaConf.create(checkpoint_config(ckpt, overrides.ckpt_path))

@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from metalab import run_lock
 from metalab.distributed import launched_rank
 from metalab.errors import ConfigError
 from metalab.results import write_json
@@ -59,8 +61,13 @@ def write_outcome(run_dir: Path, status: str, **fields: Any) -> Path:
 RUN_MARKERS = (".hydra", RESULTS, "checkpoints", "metrics.csv", "train.log", "evaluate.log")
 
 
+def _entries(run_dir: Path) -> list[Path]:
+    """What a directory holds, without the lock of the process that runs in it."""
+    return [p for p in run_dir.iterdir() if p.name != run_lock.LOCK_NAME]
+
+
 def holds_a_run(run_dir: Path) -> bool:
-    return run_dir.is_dir() and any(run_dir.iterdir())
+    return run_dir.is_dir() and bool(_entries(run_dir))
 
 
 def refuse_foreign_files(run_dir: Path) -> None:
@@ -69,10 +76,10 @@ def refuse_foreign_files(run_dir: Path) -> None:
     if not holds_a_run(run_dir):
         return
     if any((run_dir / marker).exists() for marker in RUN_MARKERS) or any(
-        p.name.startswith("attempt-") for p in run_dir.iterdir()
+        p.name.startswith("attempt-") for p in _entries(run_dir)
     ):
         return
-    names = sorted(p.name for p in run_dir.iterdir())
+    names = sorted(p.name for p in _entries(run_dir))
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     raise ConfigError(
         f"{run_dir} holds files that are not a metalab run ({shown}): choose a new or empty "
@@ -86,7 +93,7 @@ def move_aside(run_dir: Path) -> Path:
     while (run_dir / f"attempt-{number}").exists():
         number += 1
     target = run_dir / f"attempt-{number}"
-    entries = [p for p in run_dir.iterdir() if not p.name.startswith("attempt-")]
+    entries = [p for p in _entries(run_dir) if not p.name.startswith("attempt-")]
     target.mkdir()
     for entry in entries:
         shutil.move(str(entry), str(target / entry.name))
@@ -229,16 +236,28 @@ class RunGuard(Callback):
         into the directory, which would otherwise be a callback warning and a job that goes on
         into a completed run's files."""
         from metalab.preflight import check_config
+        from metalab.schema import EVAL, check_values
 
-        evaluation = "ckpt_path" in config  # metalab-eval: its own directory, never resumed
+        # metalab-eval: its own directory, never resumed (``in`` is False for a missing ???)
+        evaluation = "ckpt_path" in config.keys()  # noqa: SIM118
         try:
-            if not evaluation:
+            if evaluation:
+                from metalab.evaluate import check_ckpt_path
+
+                check_ckpt_path(config)
+                check_values(config, EVAL)
+            else:
                 check_config(config)
+                resume_mode(config.get("resume", "auto"))
             if launched_rank() > 0:
                 return  # a DDP process Lightning started: rank 0 prepared the directory
-            prepare_run_dir(
-                Path(config.hydra.run.dir), "false" if evaluation else config.get("resume", "auto")
-            )
+            run_dir = Path(config.hydra.run.dir)
+            run_lock.acquire(run_dir)  # before anything looks at (or moves) the run's files
+            try:
+                prepare_run_dir(run_dir, "false" if evaluation else config.get("resume", "auto"))
+            except BaseException:
+                run_lock.release(run_dir)
+                raise
         except ConfigError as error:
             raise SystemExit(f"metalab: error: {error}") from None
         except Exception as error:  # noqa: BLE001 - the guard must hold for every error
@@ -249,19 +268,39 @@ class RunGuard(Callback):
                 "written."
             ) from None
 
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        run_lock.release(Path(config.hydra.run.dir))
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower():
-            return  # an Optuna study resumes from its own storage (its trials are new jobs)
+        sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            prepare_sweep_dir(Path(config.hydra.sweep.dir), config.get("resume", "auto"))
+            run_lock.acquire(sweep_dir)  # one sweep process per sweep directory
+            if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower():
+                return  # an Optuna study resumes from its own storage (its trials are new jobs)
+            prepare_sweep_dir(sweep_dir, config.get("resume", "auto"))
+        except ConfigError as error:
+            run_lock.release(sweep_dir)
+            raise SystemExit(f"metalab: error: {error}") from None
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A sweep's job holds its own directory too: its launcher may run it in a process of
+        its own, and a single run pointed at a live job's folder must be refused."""
+        if launched_rank() > 0 or config.hydra.mode != RunMode.MULTIRUN:
+            return
+        try:
+            run_lock.acquire(Path(config.hydra.runtime.output_dir))
         except ConfigError as error:
             raise SystemExit(f"metalab: error: {error}") from None
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        restore_kept_hydra(Path(config.hydra.runtime.output_dir))
+        job_dir = Path(config.hydra.runtime.output_dir)
+        restore_kept_hydra(job_dir)
+        if config.hydra.mode == RunMode.MULTIRUN:
+            run_lock.release(job_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        run_lock.release(sweep_dir)
         total, problems = sweep_summary(sweep_dir)
         if not problems:
             log.info("all %d jobs of %s completed", total, sweep_dir)
