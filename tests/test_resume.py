@@ -13,6 +13,7 @@ import pytest
 
 from cli import cli_argv, cli_env, read_results, run_cli
 from metalab.checkpoints import load_checkpoint
+from metalab.run_lock import LOCK_NAME
 
 # Sinusoid MAML with a checkpoint every 20 steps: long enough (~10 s) to be killed part-way,
 # with Adam, a cosine schedule and the episode stream all to be restored.
@@ -75,7 +76,12 @@ def test_two_runs_with_the_same_seed_write_identical_metrics(uninterrupted, tmp_
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    """A run's files; not the lock its (killed) process held, which is no file of the run."""
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in run_dir.rglob("*")
+        if p.is_file() and p.name != LOCK_NAME
+    }
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_matches_the_uninterrupted_run(
@@ -129,3 +135,77 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_matches_the_uninterrupted_
     assert resumed["train"]["cpu_seconds"] >= round(times[-1][1], 1)  # results.json keeps 0.1 s
     # nothing from before the kill is lost: it is all in attempt-1/, byte for byte
     assert snapshot(run_dir / "attempt-1") == before
+
+
+def start(run_dir: Path, cwd: Path) -> subprocess.Popen:
+    """The run of RUN in a process of its own that takes Ctrl+C as a terminal's job does."""
+    return subprocess.Popen(
+        [*cli_argv("metalab-train"), *RUN, f"hydra.run.dir={run_dir}"],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path) -> None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 600
+    while not last.is_file() and time.time() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+
+
+def test_ctrl_c_stops_at_a_step_boundary_and_resume_equals_the_uninterrupted_run(
+    uninterrupted, tmp_path
+):
+    run_dir = tmp_path / "run"
+    process = start(run_dir, tmp_path)
+    wait_for_checkpoint(process, run_dir)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    stopped = read_results(run_dir)
+    assert stopped["status"] == "interrupted" and stopped["signal"] == "SIGINT"
+    saved = load_checkpoint(run_dir / "checkpoints" / "interrupted.ckpt")
+    assert saved["global_step"] == stopped["step"] and 0 < stopped["step"] < STEPS
+    train(run_dir, tmp_path)  # the same command: resume=auto
+    resumed = read_results(run_dir)
+    assert resumed["resumed_from"] == str(run_dir / "attempt-1/checkpoints/interrupted.ckpt")
+    assert comparable(resumed) == comparable(read_results(uninterrupted))
+    full, tail = rows(metrics_csv(uninterrupted)), rows(metrics_csv(run_dir))
+    assert max(tail) == max(full) == STEPS - 1
+    assert {step: tail[step] for step in tail} == {step: full[step] for step in tail}
+
+
+def test_a_second_ctrl_c_aborts_at_once_with_130_and_keeps_last_ckpt(tmp_path):
+    run_dir = tmp_path / "run"
+    slow = ["algorithm.meta_batch=300", "trainer.checkpoint_every_n_steps=1"]  # ~1 s a step
+    process = subprocess.Popen(
+        [*cli_argv("metalab-train"), *RUN, *slow, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    wait_for_checkpoint(process, run_dir)
+    process.send_signal(signal.SIGINT)
+    seen = []
+    for line in process.stderr:  # the first press is taken: the step is finishing
+        seen.append(line)
+        if "press Ctrl+C again to abort at once" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    stderr = "".join(seen) + process.communicate(timeout=120)[1]
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    results = read_results(run_dir)
+    assert results["status"] == "interrupted" and results["signal"] == "SIGINT"
+    # aborted mid-step: no interrupted.ckpt; the last whole step's checkpoint is the one to use
+    assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
+    assert results["checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
+    assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] > 0

@@ -7,12 +7,10 @@ what Hydra's sweepers optimise.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -35,6 +33,7 @@ from metalab.checkpoints import (
     InterruptCheckpoint,
     check_same_setup,
     checkpoint_config,
+    copy_checkpoint,
     load_checkpoint,
 )
 from metalab.distributed import launched_rank
@@ -53,6 +52,11 @@ from metalab.run_status import (
     resumable_checkpoint,
     resume_mode,
     write_outcome,
+)
+from metalab.signals import (
+    exit_on_next_sigint,
+    lightning_handles_signals,
+    sigterm_outside_lightning,
 )
 
 log = logging.getLogger("metalab")
@@ -152,34 +156,6 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, monitor: str, mo
     return trainer, checkpoint, interrupt
 
 
-_TRAINER_RUNNING = False
-
-
-@contextlib.contextmanager
-def lightning_handles_signals(interrupt: InterruptCheckpoint):
-    """While Lightning runs it stops at a batch boundary on SIGINT/SIGTERM and calls the
-    interrupt checkpoint; what it raises then becomes one RunInterrupted."""
-    global _TRAINER_RUNNING
-    _TRAINER_RUNNING = True
-    try:
-        yield
-    except BaseException:
-        if interrupt.signal:
-            raise RunInterrupted(
-                interrupt.signal,
-                interrupt.step,
-                interrupt.ckpt_path if interrupt.step is not None else None,
-            ) from None
-        raise
-    finally:
-        _TRAINER_RUNNING = False
-
-
-def _sigterm_outside_lightning(signum, frame) -> None:
-    if not _TRAINER_RUNNING:  # inside fit/test Lightning's own handler takes care of it
-        raise RunInterrupted(signal.Signals(signum).name)
-
-
 def interrupted_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint of the newest earlier attempt if it was interrupted or killed; None when
     that attempt failed (its failure stands: it runs again from scratch) or kept none."""
@@ -205,7 +181,7 @@ def carry_checkpoints_over(resume_from: Path, run_dir: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for kept in source.glob("*.ckpt"):
         if kept.name != "interrupted.ckpt":
-            shutil.copy2(kept, target / kept.name)
+            copy_checkpoint(kept, target / kept.name)
 
 
 RESUME_FROM_ENV = "METALAB_RESUME_FROM"  # rank 0's choice, inherited by the DDP processes
@@ -259,7 +235,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         cfg, run_dir, loggers, f"val/{metric}", "max" if module.kind.higher_is_better else "min"
     )
     started = time.time()
-    with lightning_handles_signals(interrupt):
+    with lightning_handles_signals(trainer, interrupt, run_dir):
         trainer.fit(
             module,
             datamodule=data,
@@ -272,7 +248,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     log.info("execution strategy: %s", module.strategy.name)
     best = checkpoint.best_model_path
     test_started = (time.process_time(), time.perf_counter())
-    with lightning_handles_signals(interrupt):
+    with lightning_handles_signals(trainer, interrupt, run_dir):
         trainer.test(
             module, datamodule=data, ckpt_path=best or None, verbose=False, weights_only=True
         )
@@ -356,12 +332,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
     if launched_rank() > 0:  # a DDP process Lightning started: rank 0 records the outcome
         return train(cfg, run_dir)
     failed = True
-    previous = signal.signal(signal.SIGTERM, _sigterm_outside_lightning)
+    previous = signal.signal(signal.SIGTERM, sigterm_outside_lightning)
     try:
         value = train(cfg, run_dir)
         failed = False
         return value
     except (RunInterrupted, KeyboardInterrupt) as stop:
+        exit_on_next_sigint()
         if not isinstance(stop, RunInterrupted):
             stop = RunInterrupted("SIGINT")
         write_outcome(
