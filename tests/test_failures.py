@@ -45,7 +45,7 @@ def test_nan_outer_loss_stops_with_step_loss_and_cause_and_keeps_the_good_checkp
     run_dir = tmp_path / "run"
     out = run_cli(
         "metalab-train",
-        "optimizer.lr=1e30",
+        "optimizer.lr=10000",
         "trainer.max_steps=50",
         "trainer.val_check_interval=1",
         "numerics.inner_grad_every_n_steps=1",
@@ -55,14 +55,14 @@ def test_nan_outer_loss_stops_with_step_loss_and_cause_and_keeps_the_good_checkp
     )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     message = (
-        "the meta-training loss is not finite at step 1: the inner (support) loss of task 0 is "
-        "nan at the meta-parameters, before any inner step; the outer learning rate is probably "
-        "too high (optimizer.lr=1e+30): lower it, or set optimizer.grad_clip. The checkpoints "
-        "written before this step are kept."
+        "the meta-training loss is not finite at step 1: the meta-parameters have grown to "
+        "|w| = 1e+04 (the outer update diverged); the outer learning rate is probably too high "
+        "(optimizer.lr=10000): lower it, or set optimizer.grad_clip. The checkpoints written "
+        "before this step are kept."
     )
     assert f"metalab: error: {message}" in out.stderr
     # the blow-up was reported (logged) before the NaN
-    assert "the inner gradient norm is nan at step 1 (warning threshold" in out.stdout
+    assert "the inner gradient norm is 1.35e+25 at step 1 (warning threshold" in out.stdout
     results = read_results(run_dir)
     assert results["status"] == "failed" and results["error"] == message
     assert results["checkpoints"] == ["best.ckpt", "last.ckpt"]
@@ -73,6 +73,8 @@ def test_nan_outer_loss_stops_with_step_loss_and_cause_and_keeps_the_good_checkp
 
 
 def tiny_module_and_batch(*overrides: str):
+    """A sinusoid MAML module and one meta-batch, the same whatever ran before (seeded)."""
+    torch.manual_seed(0)
     cfg = compose_train("algorithm.meta_batch=3", *overrides)
     data, in_shape, out_features = build_data(cfg)
     module = build_module(cfg, in_shape, out_features)
@@ -91,6 +93,20 @@ def test_nan_in_the_inner_loop_names_the_inner_step_and_the_inner_learning_rate(
     assert (
         "the inner learning rate is probably too high (algorithm.inner_lr=3): lower it" in message
     )
+
+
+def test_meta_parameters_thrown_out_of_range_blame_the_outer_learning_rate():
+    module, batch = tiny_module_and_batch("optimizer.lr=10000")
+    with torch.no_grad():  # what one Adam step of lr 10000 does to the weights
+        for p in module.model.parameters():
+            p.add_(torch.sign(torch.randn_like(p)) * 1e4)
+    losses, _ = module.strategy.meta_gradient(
+        module.algorithm.meta_objective, dict(module.model.named_parameters()), batch, lambda _: 0
+    )
+    assert not torch.isfinite(losses).all()
+    message = str(non_finite_error(module, batch, losses))
+    assert "the meta-parameters have grown to |w| = 1e+04 (the outer update diverged)" in message
+    assert "the outer learning rate is probably too high (optimizer.lr=10000)" in message
 
 
 class MetricsRecorder:

@@ -69,6 +69,10 @@ def replay_task(algorithm: Any, params: dict, batch: Any, task: int) -> dict[str
     return {"where": "outer", "loss": float(query_loss), "grad_norm": largest}
 
 
+# |w| no trained few-shot network reaches; beyond it the outer update, not the inner loop, failed
+WEIGHT_BLOWUP = 1e3
+
+
 def _diagnose(module: Any, batch: Any, losses: torch.Tensor) -> tuple[str, str]:
     """Which loss blew up and what to lower."""
     cfg = module.cfg
@@ -82,6 +86,13 @@ def _diagnose(module: Any, batch: Any, losses: torch.Tensor) -> tuple[str, str]:
     params = {k: p.detach() for k, p in module.model.named_parameters()}
     if not all(bool(torch.isfinite(p).all()) for p in params.values()):
         return "the meta-parameters themselves are not finite", outer_fix
+    largest = max(float(p.abs().max()) for p in params.values() if p.numel())
+    if largest > WEIGHT_BLOWUP:  # an outer step threw the meta-parameters out of range
+        return (
+            f"the meta-parameters have grown to |w| = {largest:.3g} (the outer update "
+            "diverged)",
+            outer_fix,
+        )
     info = replay_task(module.algorithm, params, batch, task)
     norm = info.get("grad_norm")
     gradient = f" (inner gradient norm up to {norm:.3g})" if norm else ""
