@@ -230,10 +230,13 @@ class InterruptCheckpoint(Callback):
         self.ckpt_path = str(Path(dirpath) / f"{INTERRUPTED_NAME}.ckpt")
         self.signal: str | None = None
         self.step: int | None = None
+        # the signal that asked Lightning to stop, when it was not SIGTERM itself (Ctrl+C is
+        # turned into Lightning's SIGTERM request by metalab.signals)
+        self.requested: str | None = None
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
-            self.signal = signal.Signals.SIGTERM.name
+            self.signal = self.requested or signal.Signals.SIGTERM.name
         elif isinstance(exception, KeyboardInterrupt):
             self.signal = signal.Signals.SIGINT.name
         else:
