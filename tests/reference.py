@@ -152,21 +152,27 @@ def mamlpp_meta_gradient(
 
 
 def reptile_update(
-    forward, params, xs, ys, loss_fn, steps, lr, inner_batch, optimizer, eps, beta2, adam_eps
-):
+    forward, params, xs, ys, loss_fn, steps, lr, inner_batch, optimizer, eps, beta2, adam_eps,
+    carried=None,
+):  # fmt: skip
     """theta + eps * (mean_i W_i - theta), W_i: ``steps`` steps of SGD or Adam(beta1=0) on task
-    i's examples ``xs[i]`` taken ``inner_batch`` at a time in the given order (None: all)."""
+    i's examples ``xs[i]`` taken ``inner_batch`` at a time in the given order (None: all).
+
+    ``carried``: a dict {"v": [...], "t": int} of Adam state that runs on from task to task
+    (the authors' code); it is updated in place. None: a fresh state per task."""
     adapted = []
     for x, y in zip(xs, ys, strict=True):
         fast = [p.detach().clone() for p in params]
-        v = [torch.zeros_like(p) for p in fast]
-        for t in range(1, steps + 1):
+        v = [torch.zeros_like(p) for p in fast] if carried is None else carried["v"]
+        start = 0 if carried is None else carried["t"]
+        for t in range(start + 1, start + steps + 1):
             if inner_batch is None:
                 xb, yb = x, y
             else:
+                i = t - start  # the task's own step: its slice of examples
                 xb, yb = (
-                    x[(t - 1) * inner_batch : t * inner_batch],
-                    y[(t - 1) * inner_batch : t * inner_batch],
+                    x[(i - 1) * inner_batch : i * inner_batch],
+                    y[(i - 1) * inner_batch : i * inner_batch],
                 )
             fast = [p.requires_grad_() for p in fast]
             grads = torch.autograd.grad(loss_fn(forward(fast, xb), yb), fast)
@@ -179,6 +185,8 @@ def reptile_update(
                         p - lr * g / (torch.sqrt(vi / (1 - beta2**t)) + adam_eps)
                         for p, g, vi in zip(fast, grads, v, strict=True)
                     ]
+        if carried is not None:
+            carried["v"], carried["t"] = v, start + steps
         adapted.append(fast)
     with torch.no_grad():
         return [

@@ -219,6 +219,7 @@ def test_reptile_update_equals_the_formula(case, strategy, steps, optimizer, inn
     model, forward, kind, batch, lr = CASES[case]()
     lr = 0.01 if optimizer == "adam" else lr
     kwargs = dict(inner_optimizer=optimizer, inner_batch=inner_batch, outer_step_size=0.7)
+    kwargs["adam_state"] = "fresh"  # the carried state has a test of its own, below
     algorithm = reptile(model, kind, steps, lr, **kwargs)
     order = reptile(model, kind, steps, lr, **kwargs).task_data(batch)  # same seed, same order
     before = [p.detach().clone() for p in model.parameters()]
@@ -300,3 +301,66 @@ def test_unknown_algorithm_setting_is_refused_with_the_known_ones():
     )  # fmt: skip
     with pytest.raises(ConfigError, match="has no setting inner_batch"):
         build_algorithm(cfg, InnerLoop(model, kind))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_reptile_carried_adam_state_runs_on_across_tasks_and_meta_batches(case):
+    """The authors' code: one Adam state for every task and step; two meta-batches in a row
+    equal the float64 reference that carries v and t through all of them."""
+    model, forward, kind, batch, _ = CASES[case]()
+    kwargs = dict(inner_optimizer="adam", inner_batch=4, outer_step_size=0.7)
+    algorithm = reptile(model, kind, 2, 0.01, adam_state="carried", **kwargs)
+    order = reptile(model, kind, 2, 0.01, **kwargs).task_data(batch)
+    carried = {"v": None, "t": 0}
+    theta = [p.detach().clone() for p in model.parameters()]
+    carried["v"] = [torch.zeros_like(p) for p in theta]
+    for _ in range(2):  # the same batch twice: the state, not the data, changes
+        expected = reptile_update(
+            forward, theta, order.support_x, order.support_y, kind.loss, 2, 0.01, 4, "adam",
+            0.7, 0.999, 1e-8, carried=carried,
+        )  # fmt: skip
+        model.zero_grad()
+        algorithm.outer_gradient(dict(model.named_parameters()), batch, STRATEGIES["loop"]())
+        torch.optim.SGD(model.parameters(), lr=1.0).step()
+        assert relative_error(list(model.parameters()), expected) < 1e-8
+        theta = [p.detach().clone() for p in model.parameters()]
+    assert algorithm.carried_t == 2 * len(batch) * 2
+    assert relative_error(list(algorithm.carried_v.values()), carried["v"]) < 1e-8
+    fresh = reptile(model, kind, 2, 0.01, adam_state="fresh", **kwargs)
+    model.zero_grad()
+    fresh.outer_gradient(dict(model.named_parameters()), batch, STRATEGIES["loop"]())
+    assert fresh.carried_v is None  # nothing runs on between tasks
+
+
+def test_reptile_evaluation_starts_from_the_carried_state_and_leaves_it():
+    model, _, kind, batch, _ = conv_case()
+    algorithm = reptile(model, kind, 2, 0.01, inner_optimizer="adam", adam_state="carried")
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    task = batch.task(0).__dict__.values()
+    fresh_scores = algorithm.evaluate(params, *task)["loss"]
+    model.zero_grad()
+    algorithm.outer_gradient(dict(model.named_parameters()), batch, STRATEGIES["loop"]())
+    state = {k: v.clone() for k, v in algorithm.carried_v.items()}, algorithm.carried_t
+    carried_scores = algorithm.evaluate(params, *task)["loss"]
+    assert not torch.allclose(fresh_scores, carried_scores)  # the state changes the steps
+    assert algorithm.carried_t == state[1]
+    assert all(torch.equal(algorithm.carried_v[k], v) for k, v in state[0].items())
+    # the graph-free path (fast_eval) and the per-task path take the same steps
+    per_task = algorithm.evaluate_per_task(params, *task)["loss"]
+    torch.testing.assert_close(carried_scores, per_task, rtol=1e-5, atol=1e-6)
+
+
+def test_reptile_carried_state_travels_in_checkpoints(tmp_path):
+    """Saved with the run's other state (``checkpoint["metalab"]["algorithm"]``) and loadable
+    with ``weights_only=True``: a resumed run continues the same Adam state."""
+    from metalab.module import algorithm_state, load_algorithm_state
+
+    model, _, kind, batch, _ = conv_case()
+    trained = reptile(model, kind, 2, 0.01, inner_optimizer="adam", adam_state="carried")
+    trained.outer_gradient(dict(model.named_parameters()), batch, STRATEGIES["loop"]())
+    torch.save({"metalab": {"algorithm": algorithm_state(trained)}}, tmp_path / "x.ckpt")
+    saved = torch.load(tmp_path / "x.ckpt", weights_only=True)
+    resumed = reptile(model, kind, 2, 0.01, inner_optimizer="adam", adam_state="carried")
+    load_algorithm_state(resumed, saved["metalab"])
+    assert resumed.carried_t == trained.carried_t == 2 * len(batch)
+    assert all(torch.equal(resumed.carried_v[k], v) for k, v in trained.carried_v.items())

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from metalab.assembly import build_data, build_module, check_head, protocol
 from metalab.checkpoints import checkpoint_config, load_checkpoint, load_weights
 from metalab.errors import ConfigError, MetalabError
+from metalab.module import load_algorithm_state
 from metalab.paths import config_dir
 from metalab.preflight import check_episode_sizes, check_overrides
 from metalab.report import print_test_summary
@@ -89,6 +90,7 @@ def evaluate(overrides: DictConfig) -> dict:
     data, in_shape, out_features = build_data(cfg)
     module = build_module(cfg, in_shape, out_features)
     load_weights(module, ckpt, overrides.ckpt_path)
+    load_algorithm_state(module.algorithm, ckpt.get("metalab"))  # Reptile's carried Adam
     loader = data.test_dataloader() if overrides.split == "test" else data.val_dataloader()
     if overrides.split == "val":
         data.val_episodes.num_tasks = int(overrides.tasks)

@@ -41,18 +41,21 @@ def sgd_rule(lr: float) -> Rule:
     return step
 
 
-def adam_rule(lr: float, beta2: float, eps: float) -> Rule:
-    """Reptile's ``InnerAdam`` (beta1 = 0, fresh state per task), the same operations in the
-    same order: v = b2 v + (1 - b2) g g; p - lr g / (sqrt(v / (1 - b2^t)) + eps)."""
+def adam_rule(lr: float, beta2: float, eps: float, v: dict | None = None, t: int = 0) -> Rule:
+    """Reptile's ``InnerAdam`` (beta1 = 0), the same operations in the same order:
+    v = b2 v + (1 - b2) g g; p - lr g / (sqrt(v / (1 - b2^t)) + eps). Each task starts from
+    the state (v, t): none (fresh), or the training run's carried state, left unchanged."""
     state: list[list[torch.Tensor]] = []
+    start = list(v.values()) if v is not None else None
 
     def step(params: list[torch.Tensor], grads: list[torch.Tensor], index: int):
         fresh = torch._foreach_mul(torch._foreach_mul(grads, 1 - beta2), grads)
-        if index == 0:
+        if index == 0 and start is None:
             state[:] = [fresh]
         else:
-            state[0] = torch._foreach_add(torch._foreach_mul(state[0], beta2), fresh)
-        scale = torch._foreach_div(state[0], 1 - beta2 ** (index + 1))
+            before = start if index == 0 else state[0]
+            state[:] = [torch._foreach_add(torch._foreach_mul(before, beta2), fresh)]
+        scale = torch._foreach_div(state[0], 1 - beta2 ** (t + index + 1))
         torch._foreach_sqrt_(scale)
         torch._foreach_add_(scale, eps)
         return torch._foreach_sub(params, torch._foreach_div(torch._foreach_mul(grads, lr), scale))

@@ -33,6 +33,19 @@ __all__ = ["MetaLearner", "NonFiniteLossError"]
 OUTER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
+def algorithm_state(algorithm: Any) -> dict:
+    """State an algorithm keeps outside its parameters (Reptile's carried inner Adam)."""
+    save = getattr(algorithm, "checkpoint_state", None)
+    return save() if save is not None else {}
+
+
+def load_algorithm_state(algorithm: Any, metalab_state: dict | None) -> None:
+    """Restore ``algorithm_state`` from a checkpoint's ``metalab`` entry, if it has one."""
+    load = getattr(algorithm, "load_checkpoint_state", None)
+    if load is not None and metalab_state and metalab_state.get("algorithm"):
+        load(metalab_state["algorithm"])
+
+
 class MetaLearner(pl.LightningModule):
     def __init__(self, cfg: dict[str, Any], in_shape: tuple[int, ...], out_features: int):
         super().__init__()
@@ -175,6 +188,7 @@ class MetaLearner(pl.LightningModule):
             "train_batches": self.train_batches,
             "rng": rng_states(),
             "strategy": self.strategy.state_dict() if hasattr(self.strategy, "state_dict") else {},
+            "algorithm": algorithm_state(self.algorithm),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -186,6 +200,7 @@ class MetaLearner(pl.LightningModule):
         restore_rng_states(state["rng"])
         if hasattr(self.strategy, "load_state_dict"):
             self.strategy.load_state_dict(state["strategy"])
+        load_algorithm_state(self.algorithm, state)
 
     def configure_optimizers(self):
         opt_cfg = self.cfg.optimizer

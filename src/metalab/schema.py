@@ -159,6 +159,7 @@ TRAIN: dict[str, Spec] = {
     "algorithm.preprocess_p": _positive(1e3),
     "algorithm.scale": _positive(1e6),
     "algorithm.shuffle_seed": SEED,
+    "algorithm.adam_state": Spec("choice", choices=("carried", "fresh")),
 }
 
 # metalab-eval's settings (conf/eval.yaml): null keeps what the checkpoint was trained with.

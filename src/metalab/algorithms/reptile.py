@@ -31,19 +31,29 @@ from metalab.inner_loop import InnerLoop, Params
 
 INNER_OPTIMIZERS = ("sgd", "adam")
 ANNEALING = ("linear", "none")
+ADAM_STATES = ("carried", "fresh")
 
 
 class InnerAdam:
-    """Adam with beta1 = 0 on a task, functional (vmap-safe); its state lives one adaptation.
+    """Adam with beta1 = 0 on a task, functional (vmap-safe).
 
-    PyTorch's form: p <- p - lr * g / (sqrt(v / (1 - beta2^t)) + eps). The paper's code keeps
-    TensorFlow's Adam state across tasks; here every task starts from a fresh state.
+    PyTorch's form: p <- p - lr * g / (sqrt(v / (1 - beta2^t)) + eps). It starts from the
+    state (v, t) it is given: none for a fresh state per task, or the state the previous task
+    left (``adam_state=carried``, the authors' code: one TensorFlow Adam whose slots are never
+    reset, so v is a running average of g^2 over recent tasks and t counts every step).
     """
 
-    def __init__(self, inner_loop: InnerLoop, lr: float, beta2: float, eps: float) -> None:
+    def __init__(
+        self,
+        inner_loop: InnerLoop,
+        lr: float,
+        beta2: float,
+        eps: float,
+        v: Params | None = None,
+        t: int = 0,
+    ) -> None:
         self.inner_loop, self.lr, self.beta2, self.eps = inner_loop, lr, beta2, eps
-        self.v: Params | None = None
-        self.t = 0
+        self.v, self.t = v, t
 
     def __call__(self, params: Params, x: torch.Tensor, y: torch.Tensor, index: int) -> Params:
         grads = self.inner_loop.gradients(params, x, y, first_order=True)
@@ -73,9 +83,16 @@ class Reptile(MAML):
         anneal: str = "linear",
         transductive: bool = True,
         shuffle_seed: int = 0,
+        adam_state: str = "carried",
         **kwargs,
     ) -> None:
         super().__init__(inner_loop, *args, **kwargs)
+        if adam_state not in ADAM_STATES:
+            raise ConfigError(
+                f"algorithm.adam_state={adam_state!r} is not known: choose carried (the "
+                "authors' code: the inner Adam's state runs on across tasks) or fresh (a new "
+                "state per task)."
+            )
         if inner_optimizer not in INNER_OPTIMIZERS:
             raise ConfigError(
                 f"algorithm.inner_optimizer={inner_optimizer!r} is not known: choose sgd or adam."
@@ -93,6 +110,21 @@ class Reptile(MAML):
         self.outer_step_size, self.anneal = outer_step_size, anneal
         self.epsilon = outer_step_size
         self.shuffle_seed, self.step = shuffle_seed, 0
+        self.adam_state = adam_state
+        self.carried_v: Params | None = None  # the running inner Adam state (carried)
+        self.carried_t = 0
+
+    @property
+    def carries_state(self) -> bool:
+        return self.inner_optimizer == "adam" and self.adam_state == "carried"
+
+    def checkpoint_state(self) -> dict:
+        """The carried inner Adam state, for checkpoints: a resumed run continues it and a
+        tested checkpoint is evaluated from the state it was saved with."""
+        return {"carried_v": self.carried_v, "carried_t": self.carried_t}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.carried_v, self.carried_t = state.get("carried_v"), int(state.get("carried_t", 0))
 
     def on_outer_step(self, step: int, total_steps: int) -> None:
         self.step = step
@@ -105,10 +137,11 @@ class Reptile(MAML):
             "Reptile.outer_gradient."
         )
 
-    def rule(self, lr: float):
-        """The inner update rule, called as (params, x, y, step index) -> params."""
+    def rule(self, lr: float, v: Params | None = None, t: int = 0):
+        """The inner update rule, called as (params, x, y, step index) -> params; Adam starts
+        from the state (v, t) (none: fresh)."""
         if self.inner_optimizer == "adam":
-            return InnerAdam(self.inner_loop, lr, self.adam_beta2, self.adam_eps)
+            return InnerAdam(self.inner_loop, lr, self.adam_beta2, self.adam_eps, v, t)
         return lambda p, x, y, index: self.inner_loop.step(p, x, y, lr, first_order=True)
 
     def minibatch_order(self, tasks: int, examples: int) -> torch.Tensor:
@@ -128,9 +161,9 @@ class Reptile(MAML):
             rows.append(torch.cat(passes)[:need])
         return torch.stack(rows[rank * tasks : (rank + 1) * tasks])
 
-    def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
+    def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor, update=None) -> Params:
         """``inner_steps`` steps; step i uses the i-th slice of ``inner_batch`` examples of x."""
-        update = self.rule(self.inner_lr)
+        update = update or self.rule(self.inner_lr)
         size = self.inner_batch
         for i in range(self.inner_steps):
             xb, yb = (
@@ -173,7 +206,10 @@ class Reptile(MAML):
             return {**out, **{"param:" + k: v.detach() for k, v in adapted.items()}}
 
         with torch.enable_grad():
-            out = strategy.map(adapt_task, theta, self.task_data(batch))
+            if self.carries_state:
+                out = self._carried_tasks(theta, self.task_data(batch))
+            else:
+                out = strategy.map(adapt_task, theta, self.task_data(batch))
         grads = [self.epsilon * (theta[k] - out["param:" + k].mean(0)) for k in params]
         for p, g in zip(params.values(), grads, strict=True):
             p.grad = g.to(p.dtype)
@@ -181,11 +217,40 @@ class Reptile(MAML):
         average_gradients(params.values())
         return out["loss"], out["metric"]
 
+    def _carried_tasks(self, theta: Params, data: TaskBatch) -> dict[str, torch.Tensor]:
+        """Tasks one after another, each starting from the Adam state the previous one left
+        (so no strategy can batch them: the state makes them sequential)."""
+        kind, outs = self.inner_loop.kind, []
+        for i in range(len(data)):
+            update = self.rule(self.inner_lr, self.carried_v, self.carried_t)
+            adapted = self.adapt(theta, data.support_x[i], data.support_y[i], update)
+            self.carried_v = {k: v.detach() for k, v in update.v.items()}
+            self.carried_t = update.t
+            with torch.no_grad():
+                prediction = self.inner_loop.predict(adapted, data.query_x[i])
+                outs.append(
+                    {
+                        "loss": kind.loss(prediction, data.query_y[i]),
+                        "metric": kind.metric(prediction, data.query_y[i]),
+                        **{"param:" + k: v.detach() for k, v in adapted.items()},
+                    }
+                )
+        return {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
+
+    def _eval_state(self) -> tuple[Params | None, int]:
+        """Evaluation starts each task from the training run's Adam state and leaves it as
+        it was (the authors' code saves and restores the whole state around each test task)."""
+        return (self.carried_v, self.carried_t) if self.carries_state else (None, 0)
+
     def eval_options(self) -> dict:
-        return {"update": self.rule(self.eval_inner_lr), "transductive": self.transductive}
+        return {
+            "update": self.rule(self.eval_inner_lr, *self._eval_state()),
+            "transductive": self.transductive,
+        }
 
     def eval_rule(self):
         """The test-time rule for ``fast_eval`` (the same update as ``rule``, no graph)."""
         if self.inner_optimizer == "adam":
-            return fast_eval.adam_rule(self.eval_inner_lr, self.adam_beta2, self.adam_eps)
+            v, t = self._eval_state()
+            return fast_eval.adam_rule(self.eval_inner_lr, self.adam_beta2, self.adam_eps, v, t)
         return fast_eval.sgd_rule(self.eval_inner_lr)
