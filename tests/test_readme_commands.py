@@ -68,10 +68,6 @@ def _tail(out: subprocess.CompletedProcess) -> str:
     return f"exit {out.returncode}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
 
 
-def _runs(command: Command) -> bool:
-    return command.compose_only(DATA_ROOT) is None and not command.prints_only
-
-
 class Workspace:
     """Runs README commands with the tiny budget, each at most once, each in a folder of its
     own; a placeholder of a later command is the folder of the command that makes it."""
@@ -190,7 +186,9 @@ def test_the_collector_finds_the_readme_commands():
     assert {"metalab-train", "metalab-eval", "metalab-compare"} <= tools
     reasons = {why for c in COMMANDS for why in (c.compose_only(DATA_ROOT) or "").split(", ")}
     assert {"needs a GPU", "needs SLURM", "needs Docker"} <= reasons
-    assert sum(_runs(c) for c in COMMANDS if c.tool == "metalab-train") >= 8
+    # what runs wherever the data is: 12 training commands (seconds each with debug=tiny)
+    trains = [c for c in COMMANDS if c.tool == "metalab-train" and not c.prints_only]
+    assert sum(not (c.compose_only(DATA_ROOT) or "").startswith("needs") for c in trains) >= 12
 
 
 def test_the_collector_reads_shell_blocks_only():
