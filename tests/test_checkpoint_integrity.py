@@ -102,7 +102,7 @@ def test_the_trainer_saves_and_loads_every_checkpoint_through_the_verifying_io(t
     """ModelCheckpoint's best/last and the interrupt checkpoint all call
     trainer.save_checkpoint, and fit/test(ckpt_path=...) load through the same plugin, with one
     process or with DDP."""
-    from metalab.train import make_trainer
+    from metalab.trainer import make_trainer
 
     with initialize_config_dir(config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=["logger=csv", f"trainer={trainer}"])

@@ -18,7 +18,7 @@ import test_datasets_miniimagenet as mini_fixture
 from metalab.assembly import build_data, build_module
 from metalab.data import cifar, miniimagenet
 from metalab.paths import config_dir
-from metalab.train import make_trainer
+from metalab.trainer import make_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -49,7 +49,14 @@ ONE_STEP = [
 ALGORITHMS = {
     "maml": ["algorithm=maml", "algorithm.inner_steps=2", "algorithm.eval_inner_steps=1"],
     "fomaml": ["algorithm=fomaml", "algorithm.eval_inner_steps=1"],
-    "reptile": ["algorithm=reptile", "algorithm.inner_steps=3", "algorithm.eval_inner_steps=2"],
+    # a carried inner Adam state runs through one process's tasks in order, so only the fresh
+    # state per task splits over ranks exactly (carried: each rank carries its own)
+    "reptile": [
+        "algorithm=reptile",
+        "algorithm.inner_steps=3",
+        "algorithm.eval_inner_steps=2",
+        "algorithm.adam_state=fresh",
+    ],
 }
 
 

@@ -8,12 +8,10 @@ steps and learning rate can be changed from the command line, and the result goe
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,7 +20,7 @@ from metalab.checkpoints import checkpoint_config, load_checkpoint, load_weights
 from metalab.errors import ConfigError, MetalabError
 from metalab.module import load_algorithm_state
 from metalab.paths import config_dir
-from metalab.preflight import check_episode_sizes, check_overrides
+from metalab.preflight import check_episode_sizes, checked_entry
 from metalab.report import print_test_summary
 from metalab.results import completed_results, write_json
 
@@ -131,15 +129,8 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """``metalab-eval``: check the command line's keys, then run Hydra."""
-    try:
-        args = get_args_parser().parse_args(sys.argv[1:])
-        check_overrides(list(args.overrides), args.config_name or "eval")
-    except ConfigError as error:
-        raise SystemExit(f"metalab: error: {error}") from None
-    except SystemExit:
-        pass  # argparse's own message and exit are Hydra's to give
-    hydra_main()
+    """``metalab-eval``: check the command line, then run Hydra."""
+    checked_entry(hydra_main, "eval")
 
 
 if __name__ == "__main__":

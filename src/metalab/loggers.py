@@ -135,3 +135,16 @@ def finish_wandb(failed: bool) -> None:
 
     if wandb.run is not None:
         wandb.finish(exit_code=1 if failed else 0)
+
+
+def summarise_wandb(loggers: list, metric: str, summary: dict, strategy: str) -> None:
+    """The test result on the W&B run's summary, where the dashboard's tables read it."""
+    for logger in loggers:
+        if hasattr(logger, "experiment") and logger.__class__.__name__ == "WandbLogger":
+            logger.experiment.summary.update(
+                {
+                    f"test/{metric}": summary["mean"],
+                    f"test/{metric}_ci95": summary["ci95"],
+                    "strategy": strategy,
+                }
+            )

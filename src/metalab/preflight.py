@@ -11,12 +11,15 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-from collections.abc import Iterator
+import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig
@@ -325,3 +328,29 @@ def check_config(cfg: Any) -> None:
     check_augmentation(cfg)
     check_gpu(cfg)
     check_devices(cfg)
+
+
+def refuse_ddp_in_local_sweeps(cfg: DictConfig, multirun: bool) -> None:
+    """Lightning starts DDP processes by re-running the command line, which in a sweep would
+    start the whole sweep again; under SLURM, srun starts them instead."""
+    ddp = str(cfg.trainer.get("strategy", "auto")) == "ddp" and int(cfg.trainer.devices) > 1
+    if multirun and ddp and "SLURM_JOB_ID" not in os.environ:
+        raise ConfigError(
+            f"trainer.strategy=ddp with trainer.devices={cfg.trainer.devices} cannot run inside a "
+            "local sweep (-m): Lightning would start each rank by re-running the whole sweep. "
+            "Run each configuration without -m, or sweep with hydra/launcher=slurm, where srun "
+            "starts the ranks (set hydra.launcher.tasks_per_node to trainer.devices)."
+        )
+
+
+def checked_entry(hydra_main: Callable[[], Any], config_name: str) -> None:
+    """A console script's ``main``: check the command line's keys, group options and values
+    (one ``metalab: error:`` line, nothing composed or written), then run Hydra."""
+    try:
+        args = get_args_parser().parse_args(sys.argv[1:])
+        check_overrides(list(args.overrides), args.config_name or config_name)
+    except ConfigError as error:
+        raise SystemExit(f"metalab: error: {error}") from None
+    except SystemExit:
+        pass  # argparse's own message and exit are Hydra's to give
+    hydra_main()

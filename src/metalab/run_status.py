@@ -226,6 +226,16 @@ def sweep_summary(sweep_dir: Path) -> tuple[int, list[str]]:
     return len(jobs), problems
 
 
+def guard_run_dir(run_dir: Path) -> None:
+    """A run directory that already holds a run's results is never written into again."""
+    for name in ("results.json", "checkpoints"):
+        if (run_dir / name).exists():
+            raise ConfigError(
+                f"{run_dir} already holds a run ({name} exists) and metalab never overwrites one: "
+                "choose a new hydra.run.dir or leave it at its default."
+            )
+
+
 class RunGuard(Callback):
     """Hydra callback: guard run/sweep directories before Hydra writes into them, and report
     a sweep's failed jobs at its end with a non-zero exit code."""
