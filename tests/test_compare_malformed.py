@@ -83,6 +83,16 @@ def test_results_json_that_is_not_json_or_a_curve_that_is_not_numbers_is_skipped
     assert compared_seeds(tmp_path / "out") == {"0", "1"}
 
 
+def test_a_metrics_csv_that_is_not_metalabs_is_skipped_not_read_as_empty(tmp_path, capsys):
+    two_good_runs_and(tmp_path, "fine")
+    garbage = omniglot_run(tmp_path / "runs", "garbage", "maml", 3, 0.9) / "metrics.csv"
+    garbage.write_text("\x00\x01garbage,\n1,2,3,4\n")
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"metalab: warning: skipped {garbage.resolve()}: its header has ")
+    assert compared_seeds(tmp_path / "out") == {"0", "1", "2"}
+
+
 def test_when_no_run_can_be_read_compare_fails_in_one_line(tmp_path, capsys):
     bad = omniglot_run(tmp_path / "runs", "bad", "maml", 0, 0.9) / "results.json"
     bad.write_text("[]")

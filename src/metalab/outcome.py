@@ -5,6 +5,8 @@ itself, completed."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
@@ -49,35 +51,58 @@ def run_job(
         )
         print(f"metalab: {stop}", file=sys.stderr)
         raise SystemExit(128 + signal.Signals[stop.signal].value) from None
-    except MetalabError as error:
-        write_outcome(
-            run_dir,
-            FAILED,
-            error=str(error),
-            error_type=type(error).__name__,
-            checkpoints=_kept_checkpoints(run_dir),
-            config=_config(cfg),
-        )
+    except Exception as raised:  # noqa: BLE001 - every failure is recorded, then handled below
+        error = storage_error(raised) or raised
+        if not isinstance(error, MetalabError):
+            return _unexpected(error, cfg, run_dir, multirun)
+        with contextlib.suppress(OSError):  # a full disk may refuse this record too
+            write_outcome(
+                run_dir,
+                FAILED,
+                error=str(error),
+                error_type=type(error).__name__,
+                checkpoints=_kept_checkpoints(run_dir),
+                config=_config(cfg),
+            )
         log.error("%s", error)
         if multirun:
             return math.nan
         raise SystemExit(f"metalab: error: {error}") from None
-    except Exception as error:
-        write_outcome(
-            run_dir,
-            FAILED,
-            error=f"{type(error).__name__}: {error}",
-            error_type=type(error).__name__,
-            checkpoints=_kept_checkpoints(run_dir),
-            config=_config(cfg),
-        )
-        if multirun:
-            log.exception("job %s failed", run_dir.name)
-            return math.nan
-        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         finish_wandb(failed)
+
+
+# Errors only writing raises (a full disk, a quota, a file size limit, a read-only disk)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def storage_error(error: BaseException) -> MetalabError | None:
+    """A failed write as one sentence naming the file and the fix; None for other errors."""
+    if not isinstance(error, OSError) or error.errno not in WRITE_ERRNOS:
+        return None
+    where = error.filename or "a file of the run"
+    return MetalabError(
+        f"could not write {where} ({error.strerror}): free space on its disk (or choose "
+        "another hydra.run.dir) and re-run the same command; checkpoints already written are "
+        "kept, and resume=auto continues from the last one."
+    )
+
+
+def _unexpected(error: Exception, cfg: DictConfig, run_dir: Path, multirun: bool) -> float:
+    """A bug, not a bad input: recorded, then its traceback is shown (a sweep goes on)."""
+    write_outcome(
+        run_dir,
+        FAILED,
+        error=f"{type(error).__name__}: {error}",
+        error_type=type(error).__name__,
+        checkpoints=_kept_checkpoints(run_dir),
+        config=_config(cfg),
+    )
+    if multirun:
+        log.exception("job %s failed", run_dir.name)
+        return math.nan
+    raise error
 
 
 def _kept_checkpoints(run_dir: Path) -> list[str]:

@@ -70,14 +70,17 @@ def holds_a_run(run_dir: Path) -> bool:
     return run_dir.is_dir() and bool(_entries(run_dir))
 
 
-def refuse_foreign_files(run_dir: Path) -> None:
+def refuse_foreign_files(run_dir: Path, sweep: bool = False) -> None:
     """A folder that holds files but never held a metalab job (``hydra.run.dir=.``, a data
-    folder) is refused in every resume mode: moving its files to attempt-N/ is not ours to do."""
+    folder) is refused in every resume mode: moving its files to attempt-N/ is not ours to do.
+    A sweep's folder holds jobs and ``multirun*.yaml``."""
     if not holds_a_run(run_dir):
         return
     if any((run_dir / marker).exists() for marker in RUN_MARKERS) or any(
         p.name.startswith("attempt-") for p in _entries(run_dir)
     ):
+        return
+    if sweep and (job_dirs(run_dir) or any(run_dir.glob("multirun*.yaml"))):
         return
     names = sorted(p.name for p in _entries(run_dir))
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
@@ -169,7 +172,32 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     )
 
 
+# Below this much free space a run would fail at its first checkpoint or log line.
+MIN_FREE_MIB = 64
+
+
+def check_free_space(folder: Path) -> None:
+    """A disk that is (nearly) full is refused before Hydra writes into it."""
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return
+    if usage.free < MIN_FREE_MIB * 2**20:
+        raise ConfigError(
+            f"{folder} is on a disk with {usage.free / 2**20:.1f} MiB free (under "
+            f"{MIN_FREE_MIB} MiB): free some space, or choose a hydra.run.dir / "
+            "hydra.sweep.dir on another disk."
+        )
+
+
 def prepare_sweep_dir(sweep_dir: Path, resume: Any) -> None:
+    if (sweep_dir / RESULTS).is_file() or (sweep_dir / ".hydra").is_dir():
+        raise ConfigError(
+            f"hydra.sweep.dir={sweep_dir} holds a single run (its results.json or .hydra/), "
+            "not a sweep, and metalab never writes into a run: choose a new hydra.sweep.dir "
+            "(or leave it at its default)."
+        )
+    refuse_foreign_files(sweep_dir, sweep=True)
     jobs = job_dirs(sweep_dir)
     if not jobs:
         return
@@ -263,6 +291,7 @@ class RunGuard(Callback):
                 return  # a DDP process Lightning started: rank 0 prepared the directory
             run_dir = Path(config.hydra.run.dir)
             run_lock.acquire(run_dir)  # before anything looks at (or moves) the run's files
+            check_free_space(run_dir)
             try:
                 prepare_run_dir(run_dir, "false" if evaluation else config.get("resume", "auto"))
             except BaseException:
@@ -270,6 +299,12 @@ class RunGuard(Callback):
                 raise
         except ConfigError as error:
             raise SystemExit(f"metalab: error: {error}") from None
+        except OSError as error:  # the run directory cannot be made or written
+            raise SystemExit(
+                f"metalab: error: hydra.run.dir={config.hydra.run.dir} cannot be used "
+                f"({error.strerror}: {error.filename}): choose a folder that can be created "
+                "and written. Nothing was written."
+            ) from None
         except Exception as error:  # noqa: BLE001 - the guard must hold for every error
             raise SystemExit(
                 f"metalab: error: the config could not be checked ({type(error).__name__}: "
@@ -285,10 +320,11 @@ class RunGuard(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             run_lock.acquire(sweep_dir)  # one sweep process per sweep directory
+            check_free_space(sweep_dir)
             if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower():
                 return  # an Optuna study resumes from its own storage (its trials are new jobs)
             prepare_sweep_dir(sweep_dir, config.get("resume", "auto"))
-        except ConfigError as error:
+        except (ConfigError, OSError) as error:
             run_lock.release(sweep_dir)
             raise SystemExit(f"metalab: error: {error}") from None
 

@@ -97,6 +97,11 @@ def _csv_rows(path: Path) -> Iterator[dict[str, str]]:
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         try:
+            if "step" not in (reader.fieldnames or []):  # Lightning's CSVLogger writes it
+                raise MalformedRun(
+                    f"{path}: its header has no step column, so it is not the metrics.csv "
+                    "metalab writes"
+                )
             yield from reader
         except (csv.Error, UnicodeDecodeError) as error:
             raise MalformedRun(f"{path}: line {reader.line_num} is not CSV ({error})") from None
