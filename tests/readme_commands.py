@@ -235,4 +235,17 @@ def tiny_train_args(args: tuple[str, ...]) -> list[str]:
         out.append(arg)
     if any((split_override(a) or ("",))[0] == "hparams_search" for a in args):
         out.append(f"hydra.sweeper.n_trials={SEARCH_TRIALS}")
+    reproduce = [v for k, v in filter(None, map(split_override, args)) if k == "reproduce"]
+    if reproduce:  # a paper's whole table: its first REPRODUCE_JOBS presets (each preset is
+        # trained on its own in tests/test_presets_run.py)
+        out.append(f"hydra.sweeper.params.experiment='{','.join(table_presets(reproduce[0]))}'")
     return [*out, "debug=tiny"]
+
+
+REPRODUCE_JOBS = 2
+
+
+def table_presets(name: str) -> list[str]:
+    """The first REPRODUCE_JOBS experiment presets a conf/reproduce/ sweep runs."""
+    sweep = yaml.safe_load((ROOT / "conf" / "reproduce" / f"{name}.yaml").read_text())
+    return str(sweep["hydra"]["sweeper"]["params"]["experiment"]).split(",")[:REPRODUCE_JOBS]
