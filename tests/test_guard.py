@@ -119,3 +119,20 @@ def test_a_failed_write_is_one_line_naming_the_file_and_recorded(tmp_path, capsy
         "checkpoints already written are kept, and resume=auto continues from the last one."
     )
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
+
+
+def test_a_file_metalab_may_not_open_is_one_line_naming_it(tmp_path):
+    from omegaconf import OmegaConf
+
+    from metalab.outcome import run_job
+
+    def unreadable_data():
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/omniglot/x.zip")
+
+    with pytest.raises(SystemExit) as stop:
+        run_job(OmegaConf.create({"seed": 0}), tmp_path, False, unreadable_data)
+    assert str(stop.value.code).startswith(
+        "metalab: error: cannot open /data/omniglot/x.zip (Permission denied): give this user "
+        "access to it, or point dataset.root"
+    )
+

@@ -78,7 +78,13 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def storage_error(error: BaseException) -> MetalabError | None:
-    """A failed write as one sentence naming the file and the fix; None for other errors."""
+    """A failed write, or a file metalab may not open, as one sentence naming the file and
+    the fix; None for other errors."""
+    if isinstance(error, PermissionError):
+        return MetalabError(
+            f"cannot open {error.filename or 'a file'} ({error.strerror}): give this user "
+            "access to it, or point dataset.root (data) or hydra.run.dir (outputs) elsewhere."
+        )
     if not isinstance(error, OSError) or error.errno not in WRITE_ERRNOS:
         return None
     where = error.filename or "a file of the run"
