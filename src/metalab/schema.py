@@ -122,7 +122,12 @@ TRAIN: dict[str, Spec] = {
     "model.channels": _int(1),
     "model.global_pool": BOOL,
     "dataset.download": BOOL,
-    "dataset.augment": Spec("choice", choices=(False, True, "crop_flip", "koch")),
+    "dataset.augment": Spec(
+        "choice",
+        choices=(False, True, "crop_flip", "koch"),
+        hint="true = crop_flip: random crop + horizontal flip; koch: Koch et al.'s affine "
+        "distortions",
+    ),
     "dataset.split_seed": SEED,
     "dataset.image_size": _int(1, 4096),
     "dataset.crop_padding": _int(0, 1024),
@@ -134,7 +139,7 @@ TRAIN: dict[str, Spec] = {
     "dataset.test_queries": _int(1),
     "dataset.affine.probability": _unit(),
     "dataset.affine.rotation": Spec("float", minimum=0, maximum=180),
-    "dataset.affine.shear": Spec("float", minimum=0, maximum=10),
+    "dataset.affine.shear": Spec("float", minimum=0, maximum=0.999),  # a shear of 1 folds
     "dataset.affine.translation": Spec("float", minimum=0, maximum=4096),
     "algorithm.meta_batch": _int(1),
     "algorithm.inner_steps": INNER_STEPS,
