@@ -88,19 +88,9 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_matches_the_uninterrupted_
     uninterrupted, tmp_path
 ):
     run_dir = tmp_path / "run"
-    process = subprocess.Popen(
-        [*cli_argv("metalab-train"), *RUN, f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start(run_dir, tmp_path)
+    wait_for_checkpoint(process, run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 600
-    while not last.is_file() and time.time() < deadline:
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
