@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -19,8 +18,7 @@ from metalab.assembly import build_data, build_module, check_head, protocol
 from metalab.checkpoints import checkpoint_config, load_checkpoint, load_weights
 from metalab.errors import ConfigError, MetalabError
 from metalab.module import load_algorithm_state
-from metalab.paths import config_dir
-from metalab.preflight import check_episode_sizes, checked_entry
+from metalab.preflight import check_episode_sizes
 from metalab.report import print_test_summary
 from metalab.results import completed_results, write_json
 
@@ -118,8 +116,7 @@ def evaluate(overrides: DictConfig) -> dict:
     return results
 
 
-@hydra.main(config_path=config_dir(), config_name="eval", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> float:
+def job(cfg: DictConfig) -> float:
     try:
         results = evaluate(cfg)
         return next(iter(results["metrics"].values()))["mean"]
@@ -129,8 +126,10 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """``metalab-eval``: check the command line, then run Hydra."""
-    checked_entry(hydra_main, "eval")
+    """``python -m metalab.evaluate``: the same as the console script ``metalab-eval``."""
+    from metalab.cli import evaluate as console
+
+    console()
 
 
 if __name__ == "__main__":

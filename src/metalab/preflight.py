@@ -1,27 +1,17 @@
-"""Checks that run before any time is spent: on the command line, then on the composed config.
+"""Checks on the composed config that run before any time is spent.
 
-``check_overrides`` reads the overrides before Hydra composes anything, so a mistyped key or
-group option gets one sentence (with the closest valid name) instead of Hydra's stack of
-messages, and no run directory is created. ``check_config`` refuses values that cannot work
-before data is decoded or a step is trained.
+``check_config`` refuses values that cannot work before data is decoded or a step is
+trained (the command line's own checks, before anything is composed, are in ``metalab.cli``).
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 import os
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra._internal.utils import get_args_parser
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig
 
 from metalab.algorithms import ALGORITHMS, build_algorithm, has_fixed_head
@@ -31,8 +21,7 @@ from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop
 from metalab.losses import TASK_KINDS
 from metalab.models import build_model
-from metalab.paths import config_dir
-from metalab.schema import EVAL, TRAIN, check_memory, check_override_value, check_values
+from metalab.schema import check_memory, check_values
 
 # Keys every algorithm config has that the data/module read, not the algorithm class.
 SHARED_ALGORITHM_KEYS = frozenset({"name", "meta_batch"})
@@ -44,97 +33,6 @@ OMNIGLOT_CHARACTERS = {
     "finn": (1100, 100, 423),
     "lake": (864, 100, 659),
 }
-
-
-# --- the command line ---------------------------------------------------------------------
-
-
-def config_groups(root: Path | None = None) -> dict[str, list[str]]:
-    """Each config group (a folder of conf/) and its options (the yaml files in it)."""
-    root = Path(root or config_dir())
-    return {
-        folder.name: sorted(p.stem for p in folder.glob("*.yaml"))
-        for folder in sorted(root.iterdir())
-        if folder.is_dir()
-    }
-
-
-def _closest(word: str, choices: list[str]) -> str:
-    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"did you mean {match[0]}? " if match else ""
-
-
-def _values(override) -> list[str]:
-    if override.is_sweep_override():
-        return [str(v) for v in override.sweep_string_iterator()]
-    return [str(override.get_value_element_as_str())]
-
-
-def _typed_values(override) -> list[Any]:
-    """The values of an override as Hydra will type them (a sweep's each); [] if unknown."""
-    try:
-        if override.is_sweep_override():
-            return list(override.sweep_iterator())
-        return [override.value()]
-    except Exception:  # noqa: BLE001 - glob or interval sweeps: checked once composed
-        return []
-
-
-def setting_keys(cfg: DictConfig, prefix: str = "") -> Iterator[str]:
-    """Every dotted key of a config (inner nodes too), for suggestions."""
-    for key, value in cfg.items_ex(resolve=False):
-        full = f"{prefix}{key}"
-        yield full
-        if isinstance(value, DictConfig):
-            yield from setting_keys(value, f"{full}.")
-
-
-def check_overrides(overrides: list[str], config_name: str = "train") -> None:
-    """Refuse an unknown group option or key on the command line, naming the closest one.
-
-    Leaves anything it cannot judge (syntax errors, ``+key=`` additions, ``hydra.*``) to
-    Hydra, whose own message then follows.
-    """
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException:
-        return  # a syntax error: Hydra's message shows where it is
-    groups = config_groups()
-    chosen: list[str] = []
-    settings = []
-    for override in parsed:
-        key = override.key_or_group
-        if override.is_add() or override.is_delete() or key.startswith("hydra"):
-            continue
-        if override.package is not None:
-            continue
-        if key in groups:
-            for value in _values(override):
-                if value not in groups[key] and value != "null":
-                    raise ConfigError(
-                        f"{key}={value} is not a known {key}: {_closest(value, groups[key])}"
-                        f"choose one of {', '.join(groups[key])}."
-                    )
-            chosen.append(f"{key}={_values(override)[0]}")
-        else:
-            settings.append(key)
-            for value in _typed_values(override):  # each value of a sweep, before launching
-                check_override_value(key, value, TRAIN if config_name == "train" else EVAL)
-    if not settings:
-        return
-    try:
-        with initialize_config_dir(config_dir(), version_base="1.3"):
-            cfg = compose(config_name, overrides=chosen)
-    except HydraException:
-        return
-    known = list(setting_keys(cfg))
-    for key in settings:
-        if key not in known:
-            raise ConfigError(
-                f"{key} is not a metalab setting: {_closest(key, known)}"
-                f"`metalab-{'train' if config_name == 'train' else 'eval'} --cfg job` "
-                "lists every setting (add a new one with +key=value)."
-            )
 
 
 # --- the composed config ------------------------------------------------------------------
@@ -341,16 +239,3 @@ def refuse_ddp_in_local_sweeps(cfg: DictConfig, multirun: bool) -> None:
             "Run each configuration without -m, or sweep with hydra/launcher=slurm, where srun "
             "starts the ranks (set hydra.launcher.tasks_per_node to trainer.devices)."
         )
-
-
-def checked_entry(hydra_main: Callable[[], Any], config_name: str) -> None:
-    """A console script's ``main``: check the command line's keys, group options and values
-    (one ``metalab: error:`` line, nothing composed or written), then run Hydra."""
-    try:
-        args = get_args_parser().parse_args(sys.argv[1:])
-        check_overrides(list(args.overrides), args.config_name or config_name)
-    except ConfigError as error:
-        raise SystemExit(f"metalab: error: {error}") from None
-    except SystemExit:
-        pass  # argparse's own message and exit are Hydra's to give
-    hydra_main()

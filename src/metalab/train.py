@@ -13,7 +13,6 @@ import logging
 import time
 from pathlib import Path
 
-import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -24,8 +23,7 @@ from metalab.budget import TrainingClock
 from metalab.distributed import launched_rank
 from metalab.loggers import build_loggers, summarise_wandb
 from metalab.outcome import completed_value, run_job
-from metalab.paths import config_dir
-from metalab.preflight import check_config, checked_entry, refuse_ddp_in_local_sweeps
+from metalab.preflight import check_config, refuse_ddp_in_local_sweeps
 from metalab.report import print_test_summary
 from metalab.results import completed_results, hardware, write_json
 from metalab.resume import prepare_resume
@@ -111,8 +109,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     return val_best
 
 
-@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> float | None:
+def job(cfg: DictConfig) -> float | None:
     """One job. Whatever happens, its results.json says how it ended; in a sweep a failed job
     returns NaN (a failed trial for sweepers) so the other jobs still run."""
     hydra_cfg = HydraConfig.get()
@@ -128,8 +125,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """``metalab-train``: check the command line, then run Hydra."""
-    checked_entry(hydra_main, "train")
+    """``python -m metalab.train``: the same as the console script ``metalab-train``."""
+    from metalab.cli import train as console
+
+    console()
 
 
 if __name__ == "__main__":

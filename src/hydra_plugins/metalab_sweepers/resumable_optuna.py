@@ -17,23 +17,27 @@ import logging
 from pathlib import Path
 from typing import Any
 
-try:
-    import optuna
-    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+try:  # light: the Optuna sweeper's plugin module imports optuna only when a sweep starts
     from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-    from optuna.trial import TrialState
 except ImportError:  # hydra-optuna-sweeper is the optional metalab[sweep] extra
     OptunaSweeper = None
 
 log = logging.getLogger(__name__)
 
 
-if OptunaSweeper is not None:
+def sqlite_file(storage: Any) -> Path | None:
+    if isinstance(storage, str) and storage.startswith("sqlite:///"):
+        return Path(storage[len("sqlite:///") :])
+    return None
 
-    def sqlite_file(storage: Any) -> Path | None:
-        if isinstance(storage, str) and storage.startswith("sqlite:///"):
-            return Path(storage[len("sqlite:///") :])
-        return None
+
+def _resuming(impl: Any) -> Any:
+    """``impl`` (an ``OptunaSweeperImpl``) turned into one that resumes its study. Defined
+    here, not at import, because importing optuna takes seconds and Hydra imports every
+    plugin module for ``--help`` and ``--cfg`` too."""
+    import optuna
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+    from optuna.trial import TrialState
 
     class _ResumingImpl(OptunaSweeperImpl):
         def sweep(self, arguments: list[str]) -> None:
@@ -64,11 +68,16 @@ if OptunaSweeper is not None:
                 self.n_trials,
             )
 
+    resuming = _ResumingImpl.__new__(_ResumingImpl)
+    resuming.__dict__.update(impl.__dict__)
+    return resuming
+
+
+if OptunaSweeper is not None:
+
     class ResumableOptunaSweeper(OptunaSweeper):
         """Drop-in for hydra-optuna-sweeper's ``OptunaSweeper`` (same config keys)."""
 
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            impl = _ResumingImpl.__new__(_ResumingImpl)
-            impl.__dict__.update(self.sweeper.__dict__)
-            self.sweeper = impl
+            self.sweeper = _resuming(self.sweeper)

@@ -1,0 +1,79 @@
+"""The console scripts answer ``--help``, ``--cfg job`` and shell completion at once: without
+importing torch, Lightning or optuna (seconds of start-up), and completion works the way
+Hydra's installed bash function asks for it. Start-up time itself is measured in
+benchmarks/startup.py, not asserted here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "optuna", "wandb")
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        list(args), capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
+
+
+@pytest.mark.parametrize("tool", ["train", "evaluate"])
+@pytest.mark.parametrize("flags", [["--help"], ["--cfg", "job"], ["--hydra-help"]])
+def test_answers_without_importing_torch_or_lightning(tool, flags):
+    cfg = flags[0] == "--cfg" and tool == "evaluate"
+    argv = [f"metalab-{tool}", *flags, *(["ckpt_path=x.ckpt"] if cfg else [])]
+    code = (  # --help exits inside Hydra: the check runs at exit
+        f"import atexit, sys; sys.argv = {argv!r}\n"
+        f"atexit.register(lambda: print('HEAVY', sorted(m for m in {HEAVY!r} if m in "
+        "sys.modules), file=sys.stderr))\n"
+        "import metalab.cli\n"
+        f"getattr(metalab.cli, {tool!r})()\n"
+    )
+    done = run(sys.executable, "-c", code)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stderr, done.stderr
+    assert done.stdout.strip()
+
+
+@pytest.mark.parametrize("script", ["metalab-train", "metalab-eval"])
+def test_completion_script_installs_for_the_console_script(script):
+    done = run(str(BIN / script), "--shell-completion", "install=bash")
+    assert done.returncode == 0, done.stderr
+    assert f"-F hydra_bash_completion {script}" in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("metalab-train algorithm=fo", "algorithm=fomaml"),
+        ("metalab-train experiment=protonet_omniglot_5w", "experiment=protonet_omniglot_5w1s"),
+        ("metalab-train optimizer.l", "optimizer.lr="),
+        ("metalab-eval tas", "tasks="),
+    ],
+)
+def test_bash_completion_completes_groups_options_and_keys(line, expected):
+    """Hydra's installed function, run by bash as on a user's <TAB>."""
+    script = line.split()[0]
+    words = line.split()
+    shell = (
+        f'eval "$({script} -sc install=bash)"\n'
+        f"COMP_LINE={line!r}; COMP_POINT={len(line)}; COMP_CWORD={len(words) - 1}\n"
+        "hydra_bash_completion\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    done = run("bash", "-c", shell, env={"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    assert expected in done.stdout.split(), done.stdout + done.stderr
+
+
+def test_a_typo_is_still_refused_before_anything_is_composed():
+    done = run(str(BIN / "metalab-train"), "--cfg", "job", "algoritm=fomaml")
+    assert done.returncode == 1
+    assert "did you mean algorithm?" in done.stderr
