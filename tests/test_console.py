@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from cli import run_cli
+
 BIN = Path(sys.executable).parent
 HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "optuna", "wandb")
 
@@ -77,3 +79,42 @@ def test_a_typo_is_still_refused_before_anything_is_composed():
     done = run(str(BIN / "metalab-train"), "--cfg", "job", "algoritm=fomaml")
     assert done.returncode == 1
     assert "did you mean algorithm?" in done.stderr
+
+
+NOISE = (
+    "GPU available",
+    "TPU available",
+    "Tip:",
+    "Epoch 0/-",
+    "LeafSpec",
+    "exists and is not empty",
+)
+
+
+def test_a_run_s_console_is_quiet_and_hydra_verbose_brings_lightning_back(tmp_path):
+    """Lightning's banner, tips and inapplicable warnings stay off the console (the run's
+    train.log keeps metalab's lines); the progress bar counts outer steps."""
+    quiet_run = run_cli(
+        "metalab-train",
+        "debug=tiny",
+        "logger=csv",
+        "trainer.enable_progress_bar=true",
+        f"hydra.run.dir={tmp_path / 'quiet'}",
+        cwd=tmp_path,
+    )
+    assert quiet_run.returncode == 0, quiet_run.stderr
+    console = quiet_run.stdout + quiet_run.stderr
+    assert not [n for n in NOISE if n in console], console
+    assert "Outer steps" in console
+    assert "[metalab]" in console  # metalab's own lines stay, without time stamps
+    assert "][metalab][INFO] - " in (tmp_path / "quiet" / "train.log").read_text()
+    loud = run_cli(
+        "metalab-train",
+        "debug=tiny",
+        "logger=csv",
+        "hydra.verbose=pytorch_lightning",
+        f"hydra.run.dir={tmp_path / 'loud'}",
+        cwd=tmp_path,
+    )
+    assert loud.returncode == 0, loud.stderr
+    assert "GPU available" in loud.stdout + loud.stderr

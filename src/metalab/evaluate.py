@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metalab.assembly import build_data, build_module, check_head, protocol
 from metalab.checkpoints import checkpoint_config, load_checkpoint, load_weights
+from metalab.console import quiet
 from metalab.errors import ConfigError, MetalabError
 from metalab.module import load_algorithm_state
 from metalab.preflight import check_episode_sizes
@@ -77,6 +78,7 @@ def training_config(ckpt: dict, overrides: DictConfig) -> DictConfig:
 
 
 def evaluate(overrides: DictConfig) -> dict:
+    quiet()
     if overrides.split not in ("test", "val"):
         raise ConfigError(f"split={overrides.split!r} is not known: choose test or val.")
     ckpt = load_checkpoint(overrides.ckpt_path)

@@ -22,6 +22,7 @@ from metalab.inner_loop import InnerLoop
 from metalab.losses import TASK_KINDS
 from metalab.models import build_model
 from metalab.schema import check_memory, check_values
+from metalab.trainer import check_trainer_keys
 
 # Keys every algorithm config has that the data/module read, not the algorithm class.
 SHARED_ALGORITHM_KEYS = frozenset({"name", "meta_batch"})
@@ -219,6 +220,7 @@ def check_config(cfg: Any) -> None:
     check_positive(cfg)
     check_learning_rates(cfg)
     check_scheduler(cfg)
+    check_trainer_keys(cfg.trainer)
     check_algorithm_keys(cfg)
     check_algorithm_settings(cfg)
     check_head(cfg)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metalab.assembly import build_data, build_module, protocol
 from metalab.budget import TrainingClock
+from metalab.console import quiet
 from metalab.distributed import launched_rank
 from metalab.loggers import build_loggers, summarise_wandb
 from metalab.outcome import completed_value, run_job
@@ -44,6 +45,7 @@ def sweep_group() -> str | None:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float | None:
+    quiet()
     if launched_rank() == 0:
         guard_run_dir(run_dir)
     check_config(cfg)
