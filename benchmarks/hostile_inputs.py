@@ -425,7 +425,7 @@ class Lab:
             ckpt = self.completed() / "checkpoints" / "best.ckpt"
             ran = run_tool(
                 "metalab-eval",
-                [f"ckpt_path={ckpt}", "tasks=10", "batch=10", f"hydra.run.dir={target}"],
+                [f"ckpt_path={ckpt}", "eval.tasks=10", "eval.batch=10", f"hydra.run.dir={target}"],
                 self.root,
                 self.env,
             )
@@ -582,7 +582,9 @@ def _eval_plan(lab: Lab, work: Path, args: list[str], watch: dict[Path, str]) ->
         if any(a.startswith("hydra.run.dir=") for a in args)
         else [f"hydra.run.dir={work / 'eval'}"]
     )
-    return Plan("metalab-eval", [*args, "tasks=10", "batch=10", *where], work, watch=watch)
+    return Plan(
+        "metalab-eval", [*args, "eval.tasks=10", "eval.batch=10", *where], work, watch=watch
+    )
 
 
 def eval_case(name: str, make: Callable[[Lab, Path, Path], list[str]], quick: bool = False):
@@ -653,13 +655,13 @@ def eval_cases() -> Iterator[Case]:
     yield eval_case("eval a non-checkpoint file", lambda lab, w, d: _not_a_checkpoint(w, d))
     yield eval_case("eval an empty .ckpt file", lambda lab, w, d: _empty_ckpt(w, d))
     for override in (
-        "tasks=abc",
-        "tasks=0",
-        "batch=-1",
+        "eval.tasks=abc",
+        "eval.tasks=0",
+        "eval.batch=-1",
         "split=train",
         "inner_lr=abc",
         "shots=2.5",
-        "curve_points=abc",
+        "eval.curve_points=abc",
         "ways=[1,2]",
     ):
         yield eval_case(f"eval {override}", lambda lab, w, d, o=override: [_best(d), o])
@@ -1013,7 +1015,7 @@ def live_run(lab: Lab, work: Path) -> list[Outcome]:
                 "metalab-eval",
                 [
                     f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-                    "tasks=10",
+                    "eval.tasks=10",
                     f"hydra.run.dir={run}",
                 ],
             ),

@@ -39,7 +39,7 @@ NEEDS = [
 DATA = {"omniglot": "omniglot", "miniimagenet": "miniimagenet", "cifar_fs": "cifar100",
         "fc100": "cifar100"}  # fmt: skip
 # metalab-eval has no debug group (conf/eval.yaml): its two test-size keys, cut here.
-EVAL_TINY = ("tasks=2", "batch=2")
+EVAL_TINY = ("eval.tasks=2", "eval.batch=2")
 SEARCH_TRIALS = 2  # an Optuna search (hparams_search=...) runs this many trials
 PRINTS_ONLY = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i"}
 

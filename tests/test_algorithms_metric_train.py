@@ -135,7 +135,9 @@ def eval_config(run_dir, ways: int):
     """The checkpoint's config with metalab-eval's test-time overrides applied."""
     path = str(run_dir / "checkpoints" / "last.ckpt")
     with initialize_config_dir(config_dir(), version_base="1.3"):
-        overrides = compose("eval", [f"ckpt_path={path}", f"ways={ways}", "tasks=4", "batch=4"])
+        overrides = compose(
+            "eval", [f"ckpt_path={path}", f"ways={ways}", "eval.tasks=4", "eval.batch=4"]
+        )
     ckpt = load_checkpoint(path)
     return ckpt, training_config(ckpt, overrides)
 

@@ -122,7 +122,7 @@ def test_eval_gives_reptile_s_non_transductive_row_from_the_same_weights(jobs, t
     rows = {}
     for transductive in ("true", "false"):
         out = run_cli(
-            "metalab-eval", f"ckpt_path={ckpt}", f"transductive={transductive}", "tasks=4",
+            "metalab-eval", f"ckpt_path={ckpt}", f"transductive={transductive}", "eval.tasks=4",
             f"hydra.run.dir={tmp_path / transductive}", cwd=tmp_path,
         )  # fmt: skip
         assert out.returncode == 0, out.stderr[-3000:]

@@ -57,7 +57,7 @@ def test_completion_script_installs_for_the_console_script(script):
         ("metalab-train algorithm=fo", "algorithm=fomaml"),
         ("metalab-train experiment=protonet_omniglot_5w", "experiment=protonet_omniglot_5w1s"),
         ("metalab-train optimizer.l", "optimizer.lr="),
-        ("metalab-eval tas", "tasks="),
+        ("metalab-eval eval.ta", "eval.tasks="),
     ],
 )
 def test_bash_completion_completes_groups_options_and_keys(line, expected):

@@ -22,7 +22,7 @@ the command, so a documented command that breaks fails here by name. How each on
   ``outputs/runs/<day>`` -> the folder of that run, ``outputs/multiruns/...`` -> the sweep of
   the first plain multirun, ``outputs/reproduce/<name>/...`` -> the sweep of the first
   ``reproduce=<name>`` command. metalab-eval has no debug group (conf/eval.yaml), so its test
-  size is cut with ``tasks=2 batch=2``.
+  size is cut with ``eval.tasks=2 eval.batch=2``.
 """
 
 from __future__ import annotations

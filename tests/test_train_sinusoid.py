@@ -75,7 +75,7 @@ def test_eval_reloads_checkpoint_with_new_protocol(run_dir, tmp_path):
         "metalab-eval",
         f"ckpt_path={ckpt}",
         "shots=5",
-        "tasks=100",
+        "eval.tasks=100",
         f"hydra.run.dir={tmp_path / 'eval'}",
         cwd=tmp_path,
     )

@@ -72,8 +72,8 @@ def training_config(ckpt: dict, overrides: DictConfig) -> DictConfig:
         algorithm.transductive = bool(overrides.transductive)
     if overrides.strategy is not None:
         cfg.strategy = overrides.strategy
-    cfg.eval.tasks, cfg.eval.batch = overrides.tasks, overrides.batch
-    cfg.eval.curve_points = overrides.get("curve_points")
+    cfg.eval.tasks, cfg.eval.batch = overrides.eval.tasks, overrides.eval.batch
+    cfg.eval.curve_points = overrides.eval.get("curve_points")
     return cfg
 
 
@@ -91,7 +91,7 @@ def evaluate(overrides: DictConfig) -> dict:
     load_algorithm_state(module.algorithm, ckpt.get("metalab"))  # Reptile's carried Adam
     loader = data.test_dataloader() if overrides.split == "test" else data.val_dataloader()
     if overrides.split == "val":
-        data.val_episodes.num_tasks = int(overrides.tasks)
+        data.val_episodes.num_tasks = int(overrides.eval.tasks)
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,

@@ -169,9 +169,9 @@ TRAIN: dict[str, Spec] = {
 
 # metalab-eval's settings (conf/eval.yaml): null keeps what the checkpoint was trained with.
 EVAL: dict[str, Spec] = {
-    "tasks": TASKS,
-    "batch": _int(1, TASKS_MAX),
-    "curve_points": _int(1, nullable=True),
+    "eval.tasks": TASKS,
+    "eval.batch": _int(1, TASKS_MAX),
+    "eval.curve_points": _int(1, nullable=True),
     "ways": _int(nullable=True),
     "shots": _int(nullable=True),
     "queries": _int(nullable=True),
