@@ -17,7 +17,6 @@ from metalab.algorithms.matchingnet import MatchingNet
 from metalab.algorithms.metalstm import MetaLSTM, preprocess
 from metalab.algorithms.protonet import ProtoNet
 from metalab.algorithms.siamese import Siamese
-from metalab.assembly import check_head
 from metalab.data.episodes import NWayKShot
 from metalab.errors import ConfigError
 from metalab.execution import LoopStrategy, VmapStrategy
@@ -27,6 +26,7 @@ from metalab.models import build_model
 from metalab.models.conv4 import Conv4
 from metalab.models.embedding import without_head
 from metalab.models.mlp import MLP
+from metalab.preflight import check_head
 from reference import relative_error
 from test_meta_gradient import RandomImages, sample_batch
 

@@ -269,3 +269,25 @@ def test_episodes_larger_than_the_split_allows(override, message):
     cfg = compose_train("dataset=omniglot", "model=conv4", f"dataset.root={root}", override)
     with pytest.raises(MetalabError, match=message):
         build_data(cfg)
+
+
+def test_check_config_runs_once_per_config(monkeypatch):
+    """The run guard checks a run's config (with Hydra's node) and train() gets it again
+    (without): the checks run once; a changed config is checked anew."""
+    import metalab.preflight as preflight
+
+    calls = []
+    original = preflight.check_values
+    monkeypatch.setattr(preflight, "_CHECKED", set())
+    monkeypatch.setattr(
+        preflight, "check_values", lambda cfg, *a, **k: calls.append(1) or original(cfg, *a, **k)
+    )
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        guarded = compose("train", ["debug=tiny"], return_hydra_config=True)
+        job = compose("train", ["debug=tiny"])
+    preflight.check_config(guarded)
+    preflight.check_config(job)
+    assert len(calls) == 1
+    job.seed = 3
+    preflight.check_config(job)
+    assert len(calls) == 2

@@ -7,9 +7,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metalab.algorithms import has_fixed_head
 from metalab.data.datamodule import EpisodeDataModule, build_sources
-from metalab.errors import ConfigError
 from metalab.module import MetaLearner
 
 BATCH_NORM_MODE = {
@@ -20,44 +18,6 @@ NON_TRANSDUCTIVE = (
     "batch statistics; at test each query example is normalised together with the support "
     "set alone (non-transductive, as Reptile's code)"
 )
-
-
-def check_positive(cfg: DictConfig) -> None:
-    """Refuse values that cannot work before any data is loaded or time is spent."""
-    checks = {
-        "algorithm.meta_batch": cfg.algorithm.meta_batch,
-        "trainer.max_steps": cfg.trainer.max_steps,
-        "val.tasks": cfg.val.tasks,
-        "eval.tasks": cfg.eval.tasks,
-        "eval.batch": cfg.eval.batch,
-    }
-    if cfg.eval.get("curve_points") is not None:
-        checks["eval.curve_points"] = cfg.eval.curve_points
-    for key, value in checks.items():
-        if not value > 0:
-            raise ConfigError(f"{key}={value}: it must be a positive number.")
-
-
-def check_device(cfg: DictConfig) -> None:
-    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer={cfg.trainer.accelerator} but no CUDA GPU is visible to torch "
-            f"{torch.__version__}: use trainer=cpu, or install a CUDA build of torch."
-        )
-
-
-def check_head(cfg: DictConfig) -> None:
-    """A linear head has one output per training way; it cannot score a different number.
-    Metric methods (ProtoNets, Matching, Siamese) have no head and may test on other ways."""
-    dataset = cfg.dataset
-    if not has_fixed_head(cfg.algorithm.name):
-        return
-    if dataset.task == "classification" and dataset.test_ways != dataset.ways:
-        raise ConfigError(
-            f"dataset.test_ways={dataset.test_ways} differs from dataset.ways={dataset.ways}, but "
-            f"algorithm={cfg.algorithm.name} learns a {dataset.ways}-way output layer: "
-            "evaluate with the training ways, or train with dataset.ways equal to test_ways."
-        )
 
 
 def build_data(cfg: DictConfig) -> tuple[EpisodeDataModule, tuple[int, ...], int]:

@@ -14,12 +14,12 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from metalab.assembly import build_data, build_module, check_head, protocol
+from metalab.assembly import build_data, build_module, protocol
 from metalab.checkpoints import checkpoint_config, load_checkpoint, load_weights
 from metalab.console import quiet
 from metalab.errors import ConfigError, MetalabError
 from metalab.module import load_algorithm_state
-from metalab.preflight import check_episode_sizes
+from metalab.preflight import check_episode_sizes, check_head
 from metalab.report import print_test_summary
 from metalab.results import completed_results, write_json
 

@@ -12,10 +12,9 @@ import os
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from metalab.algorithms import ALGORITHMS, build_algorithm, has_fixed_head
-from metalab.assembly import check_device, check_head, check_positive
 from metalab.data.augment import augmentation
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop
@@ -213,11 +212,51 @@ def check_algorithm_settings(cfg: DictConfig) -> None:
         return
 
 
+def check_device(cfg: DictConfig) -> None:
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer={cfg.trainer.accelerator} but no CUDA GPU is visible to torch "
+            f"{torch.__version__}: use trainer=cpu, or install a CUDA build of torch."
+        )
+
+
+def check_head(cfg: DictConfig) -> None:
+    """A linear head has one output per training way; it cannot score a different number.
+    Metric methods (ProtoNets, Matching, Siamese) have no head and may test on other ways."""
+    dataset = cfg.dataset
+    if not has_fixed_head(cfg.algorithm.name):
+        return
+    if dataset.task == "classification" and dataset.test_ways != dataset.ways:
+        raise ConfigError(
+            f"dataset.test_ways={dataset.test_ways} differs from dataset.ways={dataset.ways}, but "
+            f"algorithm={cfg.algorithm.name} learns a {dataset.ways}-way output layer: "
+            "evaluate with the training ways, or train with dataset.ways equal to test_ways."
+        )
+
+
+# Configs this process has already checked: the run guard checks a run's config before Hydra
+# writes anything, and train() (which may also be called as a library function) gets it again.
+_CHECKED: set[str] = set()
+
+
+def _fingerprint(cfg: Any) -> str:
+    keys = [k for k in cfg if k != "hydra"]  # the guard sees Hydra's node, the job does not
+    return OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, keys))
+
+
 def check_config(cfg: Any) -> None:
     """Every check that needs only the config, cheapest first: types and ranges of every
-    value (``metalab.schema``) before anything does arithmetic with them."""
+    value (``metalab.schema``) before anything does arithmetic with them. Once per config:
+    a config checked before in this process is not checked again."""
+    fingerprint = _fingerprint(cfg)
+    if fingerprint in _CHECKED:
+        return
+    _check_config(cfg)
+    _CHECKED.add(fingerprint)
+
+
+def _check_config(cfg: Any) -> None:
     check_values(cfg)
-    check_positive(cfg)
     check_learning_rates(cfg)
     check_scheduler(cfg)
     check_trainer_keys(cfg.trainer)
