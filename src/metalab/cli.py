@@ -50,6 +50,14 @@ def _values(override) -> list[str]:
     return [str(override.get_value_element_as_str())]
 
 
+def _options(value: str) -> list[str]:
+    """The options a group value chooses: ``[csv,wandb]`` (Hydra's list of options, e.g.
+    loggers combined) chooses each of them."""
+    if value.startswith("[") and value.endswith("]"):
+        return [v.strip() for v in value[1:-1].split(",") if v.strip()]
+    return [value]
+
+
 def _typed_values(override) -> list[Any]:
     """The values of an override as Hydra will type them (a sweep's each); [] if unknown."""
     try:
@@ -90,11 +98,13 @@ def check_overrides(overrides: list[str], config_name: str = "train") -> None:
             continue
         if key in groups:
             for value in _values(override):
-                if value not in groups[key] and value != "null":
-                    raise ConfigError(
-                        f"{key}={value} is not a known {key}: {_closest(value, groups[key])}"
-                        f"choose one of {', '.join(groups[key])}."
-                    )
+                for option in _options(value):
+                    if option not in groups[key] and option != "null":
+                        raise ConfigError(
+                            f"{key}={option} is not a known {key}: "
+                            f"{_closest(option, groups[key])}"
+                            f"choose one of {', '.join(groups[key])}."
+                        )
             chosen.append(f"{key}={_values(override)[0]}")
         else:
             settings.append(key)
