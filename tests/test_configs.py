@@ -29,7 +29,7 @@ def test_groups_hold_the_documented_options():
     assert options("dataset") == ["cifar_fs", "fc100", "miniimagenet", "omniglot", "sinusoid"]
     assert options("model") == ["conv4", "conv4_32", "koch", "mlp", "resnet12"]
     assert options("trainer") == ["cpu", "ddp", "ddp_cpu", "gpu"]
-    assert options("logger") == ["csv", "none", "wandb"]
+    assert options("logger") == ["csv", "mlflow", "none", "tensorboard", "wandb"]
     papers = ["omniglot_5w1s", "omniglot_5w5s", "omniglot_20w1s", "omniglot_20w5s"]
     assert options("experiment") == sorted(
         [f"{a}_{s}" for a in ("maml", "fomaml", "metasgd", "mamlpp", "reptile") for s in papers]
@@ -56,7 +56,7 @@ def test_every_group_option_composes(group):
 def test_default_is_maml_on_sinusoid_offline():
     cfg = compose_train()
     assert (cfg.algorithm.name, cfg.dataset.name, cfg.model.name) == ("maml", "sinusoid", "mlp")
-    assert cfg.logger.wandb.mode == "offline"
+    assert cfg.logger.wandb.mode is None  # $WANDB_MODE, else offline: tests/test_loggers.py
     assert not cfg.algorithm.first_order
 
 
