@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import vmap
 
-from metalab.models import fused_first_block
+from metalab import native
+from metalab.models import build_model
 from metalab.models.conv4 import ConvBlock
 from metalab.models.layout import apply_memory_format
 from metalab.models.single_backward import backward_once
 from metalab.models.vectorised import vectorised
+from metalab.native import fused_first_block
 
 needs_kernel = pytest.mark.skipif(
     fused_first_block.library() is None, reason="no C compiler for the fused kernel"
@@ -110,7 +113,7 @@ def test_ties_go_to_the_first_position_of_the_window_as_in_max_pool2d():
 
 @needs_kernel
 def test_patch_moments_equal_those_of_the_unfolded_patches():
-    x = torch.rand(5, 3, 11, 13, dtype=torch.float64)
+    x = torch.rand(5, 3, 11, 13, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     mean, covariance = fused_first_block.patch_moments(x)
     rows = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 27)
     centred = rows - rows.mean(0)
@@ -123,24 +126,57 @@ def test_where_the_fused_path_applies():
     layer = block(1, 32)
     conv = layer[0]
     x = torch.rand(4, 1, 10, 10, dtype=torch.float64)
-    assert not fused_first_block.applies(x, conv)  # a graph that may be differentiated twice
+
+    def why(images, the_conv=conv):
+        """The path ``first_block_path`` answers, and the reason the kernel gives."""
+        reason = fused_first_block.why_composite(images, the_conv)
+        assert native.first_block_path(images, the_conv) == ("composite" if reason else "native")
+        return reason
+
+    assert "differentiated twice" in why(x)
     with torch.no_grad():
-        assert fused_first_block.applies(x, conv)
+        assert why(x) == ""
     with backward_once():
-        assert fused_first_block.applies(x, conv)
-        assert not fused_first_block.applies(x.clone().requires_grad_(), conv)
-        assert not fused_first_block.applies(x.float(), conv)  # weights in float64
-        assert not fused_first_block.applies(x, block(1, 24)[0])  # not whole lanes
+        assert why(x) == ""
+        assert "want a gradient" in why(x.clone().requires_grad_())
+        assert "torch.float32 images with torch.float64 weights" in why(x.float())
+        assert "24 output channels, not a multiple of 16" in why(x, block(1, 24)[0])
         seen = []
 
         def under_vmap(images):
-            seen.append(fused_first_block.applies(images, conv))
+            seen.append(why(images))
             return images.sum()
 
         vmap(under_vmap)(x[None])  # vectorised() or not: a batched tensor has no data here
         with vectorised():
             vmap(under_vmap)(x[None])
-        assert seen == [False, False]
+        assert seen == ["under vmap or another torch.func transform"] * 2
+
+
+@needs_kernel
+def test_the_record_counts_each_pass_with_its_path():
+    """What results.json's "kernels" says: native where any pass ran the kernel, with the
+    count of each path and why the others ran composite."""
+    layer = block(1, 32)
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    native.reset()
+    assert native.record() == {
+        "first_block": "composite",
+        "reason": native.NO_FIRST_BLOCK,
+        "passes": {"native": 0, "composite": 0},
+    }
+    layer(x)  # a graph that may be differentiated twice: composite
+    assert native.record()["first_block"] == "composite"
+    assert native.record()["reason"].endswith("a graph that may be differentiated twice (1)")
+    with torch.no_grad():
+        layer(x)
+        layer(x)
+    record = native.record()
+    assert record["first_block"] == "native"
+    assert record["passes"] == {"native": 2, "composite": 1}
+    assert record["reason"].startswith("the native kernel ran 2 of 3 first-block passes")
+    build_model(SimpleNamespace(name="mlp", hidden=[4]), (1,), 1)  # a new run's model
+    assert native.record()["passes"] == {"native": 0, "composite": 0}
 
 
 @needs_kernel
@@ -159,15 +195,18 @@ def test_without_a_compiler_the_composite_path_runs(monkeypatch, tmp_path, caplo
     monkeypatch.setattr(fused_first_block, "fallback_folders", lambda _: [tmp_path])
     fused_first_block._library.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, "metalab.models.fused_first_block"):
+        with caplog.at_level(logging.WARNING, "metalab.native.fused_first_block"):
             assert fused_first_block.library() is None
         assert "composite path runs instead" in caplog.text
         layer = block(1, 32)
         x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+        native.reset()
         with backward_once():
-            assert not fused_first_block.applies(x, layer[0])
+            assert "did not build" in fused_first_block.why_composite(x, layer[0])
             out = layer(x)
         assert out.shape == (2, 32, 4, 4) and not ran_fused(out)
+        assert native.record()["first_block"] == "composite"
+        assert "the native kernel did not build" in native.record()["reason"]
     finally:
         fused_first_block._library.cache_clear()
 
@@ -177,5 +216,6 @@ def test_the_kernel_can_be_switched_off(monkeypatch):
     fused_first_block._library.cache_clear()
     try:
         assert fused_first_block.library() is None
+        assert fused_first_block.unavailable() == "switched off (METALAB_NATIVE_KERNELS=0)"
     finally:
         fused_first_block._library.cache_clear()

@@ -15,11 +15,11 @@ from metalab.errors import ConfigError
 from metalab.execution import AutoStrategy, HybridStrategy, LoopStrategy, VmapStrategy
 from metalab.inner_loop import InnerLoop
 from metalab.losses import CLASSIFICATION, REGRESSION
-from metalab.models import fused_first_block
 from metalab.models.conv4 import Conv4
 from metalab.models.layout import apply_memory_format
 from metalab.models.mlp import MLP
 from metalab.models.norm import BatchStatNorm
+from metalab.native import fused_first_block
 from reference import conv4_forward, maml_meta_gradient, mlp_forward, relative_error
 
 CL = torch.channels_last

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 import metalab
+from metalab import native
 
 
 def mean_and_ci95(values: torch.Tensor) -> tuple[float, float]:
@@ -81,13 +82,15 @@ def completed_results(
     **fields: Any,
 ) -> dict[str, Any]:
     """The results.json of a completed training run or evaluation, in one key order:
-    status, metrics, tasks, protocol, what produced them (``fields``), provenance, config."""
+    status, metrics, tasks, protocol, what produced them (``fields``, the native kernels the
+    passes took: ``metalab.native.record``), provenance, config."""
     return {
         "status": "completed",
         "metrics": metrics,
         "num_test_tasks": summary["tasks"],
         "protocol": protocol,
         **fields,
+        "kernels": native.record(),
         "metalab_version": metalab.__version__,
         "git_commit": git_commit(),
         "run_dir": str(run_dir),

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from metalab import native
 from metalab.errors import ConfigError
 from metalab.models.conv4 import Conv4
 from metalab.models.embedding import without_head
@@ -18,7 +19,9 @@ def build_model(
     cfg: Any, in_shape: tuple[int, ...], out_features: int, head: bool = True
 ) -> nn.Module:
     """Build the model for inputs of ``in_shape`` (one example) and ``out_features`` outputs;
-    ``head=False``: the same backbone without its linear head (``without_head``)."""
+    ``head=False``: the same backbone without its linear head (``without_head``). A run
+    builds its model first, so the record of the native kernels it takes starts here."""
+    native.reset()
     model = _build_with_head(cfg, in_shape, out_features)
     return model if head else without_head(model, tuple(in_shape))
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metalab import native  # a module, not its names: native's kernel imports models' leaves
 from metalab.errors import ConfigError
-from metalab.models import fused_first_block
 from metalab.models.folded_norm import conv_batch_stat_norm, folds
 from metalab.models.layout import LayoutConv2d
 from metalab.models.norm import BatchStatNorm
@@ -33,7 +33,8 @@ class ConvBlock(nn.Sequential):
     Max-pooling comes before the ReLU, on a 4x smaller tensor: both are monotone, so
     ``relu(max(z)) == max(relu(z))``, and the gradient reaches the same element (or none). A first
     convolution with short patches absorbs its batch norm (``folded_norm``), and where its graph
-    gets one backward, its pooling too (``fused_first_block``).
+    gets one backward or none, its pooling too: ``metalab.native.first_block_path`` says
+    whether this pass runs as the native kernel.
     """
 
     def __init__(
@@ -55,8 +56,8 @@ class ConvBlock(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, norm = self[0], self[1] if isinstance(self[1], BatchStatNorm) else None
         if norm is not None and folds(conv):
-            if self.pools and fused_first_block.applies(x, conv):
-                return F.relu(fused_first_block.folded_conv_pool(x, conv, norm))
+            if self.pools and native.first_block_path(x, conv) == "native":
+                return F.relu(native.fused_first_block.folded_conv_pool(x, conv, norm))
             z = conv_batch_stat_norm(x, conv, norm)
         else:
             z = conv(x) if norm is None else norm(conv(x))

@@ -3,7 +3,7 @@
  * output: each pooled value is the largest of its window's four patch products, kept with
  * the window position it came from (0-3, row-major; the first maximum, as max_pool2d keeps).
  *
- * Loaded by metalab.models.fused_first_block through ctypes; compiled there with the
+ * Loaded by metalab.native.fused_first_block through ctypes; compiled there with the
  * machine's C compiler. Layouts: x [N, Cin, H, W] (NCHW), map [P + 1, C] with P = Cin * 9
  * (the last row is the shift), pooled and argmax [N, H / 2, W / 2, C] (channels last).
  * C is a multiple of LANES: the channel loops have a fixed length the compiler vectorises.

@@ -15,7 +15,8 @@ the same function. The kernel is compiled on first use (about a second) with the
 compiler (``$CC``, else ``cc``; ``-O3 -march=native``) and kept in the ``kernels`` folder of
 metalab's cache (``$METALAB_CACHE``, else ``~/.cache/metalab``; the temp folder where that
 cannot be written), named by a hash of the source, the flags and the CPU's features.
-``METALAB_NATIVE_KERNELS=0`` turns it off.
+``METALAB_NATIVE_KERNELS=0`` turns it off. ``metalab.native.first_block_path`` asks it
+whether a pass may run here, and keeps the answer for results.json.
 """
 
 from __future__ import annotations
@@ -89,14 +90,15 @@ def _built(compiler: str, name: str) -> ctypes.CDLL:
 
 
 @cache
-def _library() -> ctypes.CDLL | None:
-    """The compiled kernel, or None (switched off, no compiler, or it failed: logged once)."""
+def _library() -> tuple[ctypes.CDLL | None, str]:
+    """The compiled kernel and "", or None and why not (switched off, no compiler, or it
+    failed: logged once)."""
     if os.environ.get("METALAB_NATIVE_KERNELS", "1") == "0":
-        return None
+        return None, "switched off (METALAB_NATIVE_KERNELS=0)"
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         log.info("no C compiler found: the first Conv-4 block runs without its fused kernel")
-        return None
+        return None, "no C compiler found ($CC, cc or gcc) to build the native kernel"
     key = hashlib.sha256(
         SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_flags().encode()
     ).hexdigest()[:16]
@@ -111,16 +113,26 @@ def _library() -> ctypes.CDLL | None:
             error,
             ": " + detail.decode(errors="replace")[-500:] if detail else "",
         )
-        return None
+        return None, f"the native kernel did not build ({error})"
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     for name in _TYPES.values():
         getattr(library, f"patch_stats_{name}").argtypes = [pointer] + [size] * 4 + [pointer] * 2
         getattr(library, f"forward_{name}").argtypes = [pointer] * 4 + [size] * 5
         getattr(library, f"backward_{name}").argtypes = [pointer] * 4 + [size] * 5
-    return library
+    return library, ""
 
 
 def library() -> ctypes.CDLL | None:
+    """The compiled kernel, or None where it cannot run (``unavailable`` says why)."""
+    return _loaded()[0]
+
+
+def unavailable() -> str:
+    """Why the kernel cannot run on this machine, or "" where it can."""
+    return _loaded()[1]
+
+
+def _loaded() -> tuple[ctypes.CDLL | None, str]:
     with _lock:  # one compile, even when worker threads ask at once
         return _library()
 
@@ -128,7 +140,7 @@ def library() -> ctypes.CDLL | None:
 def patch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (biased) covariance of the 3x3 zero-padded patches of ``x``, summed in float64.
 
-    Constants for autograd: ``x`` is data here (``applies`` requires it).
+    Constants for autograd: ``x`` is data here (``why_composite`` requires it).
     """
     images, channels, height, width = x.shape
     patch = channels * 9
@@ -201,32 +213,40 @@ def _transformed(x: torch.Tensor) -> bool:
     return torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
-def applies(x: torch.Tensor, conv: nn.Conv2d) -> bool:
-    """Whether ``folded_conv_pool`` may run: one backward or none, not under vmap, a CPU
-    float tensor of data (no gradient wanted for it), a 3x3 convolution that keeps the size,
-    channels in multiples of ``LANES``."""
-    return (
-        not is_vectorised()
-        and not _transformed(x)
-        and (is_backward_once() or not torch.is_grad_enabled())
-        and not torch.is_autocast_enabled("cpu")
-        and x.device.type == "cpu"
-        and x.dtype in _TYPES
-        and conv.weight.dtype == x.dtype
-        and conv.out_channels % LANES == 0
-        and not x.requires_grad
-        and x.dim() == 4
-        and min(x.shape[-2:]) >= 2
-        and conv.kernel_size == (3, 3)
-        and conv.stride == (1, 1)
-        and conv.padding == (1, 1)
-        and conv.dilation == (1, 1)
-        and library() is not None
-    )
+def why_composite(x: torch.Tensor, conv: nn.Conv2d) -> str:
+    """Why ``folded_conv_pool`` may not run on ``x``, or "" where it may: one backward or
+    none, not under vmap, a CPU float tensor of data (no gradient wanted for it), a 3x3
+    convolution that keeps the size, channels in multiples of ``LANES``, a built kernel.
+    The conditions are tested in this order; the kernel is built only when all others hold."""
+    if is_vectorised() or _transformed(x):
+        return "under vmap or another torch.func transform"
+    if not (is_backward_once() or not torch.is_grad_enabled()):
+        return "a graph that may be differentiated twice"
+    if torch.is_autocast_enabled("cpu"):
+        return "under CPU autocast"
+    if x.device.type != "cpu":
+        return f"on {x.device.type}, not the CPU"
+    if x.dtype not in _TYPES or conv.weight.dtype != x.dtype:
+        return f"{x.dtype} images with {conv.weight.dtype} weights, not both float32 or float64"
+    if conv.out_channels % LANES != 0:
+        return f"{conv.out_channels} output channels, not a multiple of {LANES}"
+    if x.requires_grad:
+        return "images that want a gradient"
+    if x.dim() != 4 or min(x.shape[-2:]) < 2:
+        return "not a batch of images of at least 2x2"
+    if (conv.kernel_size, conv.stride, conv.padding, conv.dilation) != (
+        (3, 3),
+        (1, 1),
+        (1, 1),
+        (1, 1),
+    ):
+        return "not a 3x3 convolution with stride 1 and padding 1"
+    return unavailable() if library() is None else ""
 
 
 def folded_conv_pool(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> torch.Tensor:
-    """``max_pool2d(norm(conv(x)), 2)`` for a ``BatchStatNorm`` ``norm``, where ``applies``."""
+    """``max_pool2d(norm(conv(x)), 2)`` for a ``BatchStatNorm`` ``norm``, where
+    ``why_composite`` finds no reason against it."""
     x = x.contiguous()
     pooled = _FoldedPool.apply(x, normalising_map(*patch_moments(x), conv, norm))
     if not getattr(conv, "channels_last", True):
