@@ -6,7 +6,11 @@ tasks is slower and much larger than a loop; on a GPU often the reverse). This s
 measures every metalab strategy on the same workload, in the same run, against a plain
 textbook per-task loop written here independently of metalab (``torch.autograd.grad`` on an
 ``nn.Sequential``), so that a regression in metalab shows up as a ratio below the baseline
-rather than as a number that merely drifted with the machine.
+rather than as a number that merely drifted with the machine. metalab's rows run the very
+code that trains: the algorithm's ``outer_step`` (its contract, ``metalab.algorithms.base``)
+with the strategy, as ``MetaLearner.training_step`` calls it. Algorithms with no textbook
+baseline here (ANIL, Meta-SGD) are compared with metalab's own loop of the same run (the
+``x loop`` column), which is also where hybrid's gain shows.
 
 Every row is a full outer step: meta-gradient over the meta-batch, then an Adam step.
 Throughput is tasks per second from the median step time after warm-up. Each row runs in a
@@ -34,23 +38,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 from torch.func import functional_call
 
-from metalab.algorithms.fomaml import FOMAML
-from metalab.algorithms.maml import MAML
-from metalab.algorithms.reptile import Reptile
+from metalab.algorithms import build_algorithm
+from metalab.algorithms.base import Algorithm
 from metalab.data.sinusoid import SinusoidTasks
 from metalab.data.tasks import TaskBatch
-from metalab.execution import (
-    AutoStrategy,
-    HybridStrategy,
-    LoopStrategy,
-    VmapStrategy,
-    build_strategy,
-)
+from metalab.execution import LoopStrategy, Strategy, VmapStrategy, build_strategy
 from metalab.inner_loop import InnerLoop
 from metalab.losses import CLASSIFICATION, REGRESSION, TaskKind
 from metalab.models.conv4 import Conv4
@@ -123,14 +121,16 @@ IMPLEMENTATIONS = {  # --strategies key -> label
     "loop-mvbn": "metalab loop, mean/var batch norm",  # not a default row: see NOTES.md
 }
 DEFAULT_IMPLEMENTATIONS = ("textbook", "loop-nchw", "loop", "vmap", "hybrid", "auto")
-# name -> first_order; Reptile (first-order by nature) has its own outer step below
-ALGORITHMS = {"maml": False, "fomaml": True, "reptile": True}
+# name -> first_order (Reptile is first order by nature)
+ALGORITHMS = {"maml": False, "fomaml": True, "reptile": True, "anil": False, "metasgd": False}
+# the algorithms the script has a textbook step for; the others compare with metalab's loop
+TEXTBOOK_ALGORITHMS = {"maml", "fomaml", "reptile"}
 # Reptile's outer step runs tasks through Strategy.map, which hybrid leaves to the loop
 NOT_FOR_REPTILE = {"hybrid", "loop-mvbn"}
 BASELINE = "textbook"
+LOOP = "loop"  # the second reference: metalab's own loop, for every algorithm
 
 Step = Callable[[], None]
-Strategy = LoopStrategy | VmapStrategy | HybridStrategy | AutoStrategy
 
 
 # --------------------------------------------------------------------------- workloads
@@ -261,31 +261,6 @@ def textbook_reptile_step(model: nn.Module, batch: TaskBatch, workload: Workload
     return step
 
 
-def metalab_reptile_step(
-    model: nn.Module, batch: TaskBatch, workload: Workload, strategy: Strategy
-) -> Step:
-    """metalab's Reptile outer step with the same settings (SGD inner steps on all examples,
-    outer step size 1, no annealing), as MetaLearner.training_step runs it."""
-    algorithm = Reptile(
-        InnerLoop(model, task_kind(workload)),
-        **inner_settings(workload),
-        first_order=True,
-        inner_optimizer="sgd",
-        inner_batch=None,
-        outer_step_size=1.0,
-        anneal="none",
-    )
-    params = dict(model.named_parameters())
-    optimizer = torch.optim.Adam(params.values(), lr=OUTER_LR)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        algorithm.outer_gradient(params, batch, strategy)
-        optimizer.step()
-
-    return step
-
-
 def metalab_strategy(implementation: str, device: torch.device) -> Strategy:
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     if implementation in ("loop", "loop-nchw", "loop-mvbn"):
@@ -300,6 +275,41 @@ def metalab_strategy(implementation: str, device: torch.device) -> Strategy:
     raise ValueError(f"not a metalab implementation: {implementation!r}")
 
 
+def metalab_algorithm(name: str, model: nn.Module, workload: Workload) -> Algorithm:
+    """The algorithm as training builds it (``build_algorithm``), with the workload's inner
+    loop; Reptile with the textbook's settings (SGD steps on all of a task's examples, outer
+    step size 1, no annealing)."""
+    settings = {"name": name, **inner_settings(workload), "first_order": ALGORITHMS[name]}
+    if name == "reptile":
+        settings.update(inner_optimizer="sgd", inner_batch=None, outer_step_size=1.0)
+        settings.update(anneal="none")
+    return build_algorithm(OmegaConf.create(settings), InnerLoop(model, task_kind(workload)))
+
+
+def contract_step(
+    algorithm: Algorithm,
+    model: nn.Module,
+    batch: TaskBatch,
+    strategy: Strategy,
+    decomposed: bool = False,
+) -> Step:
+    """metalab's outer step as ``MetaLearner.training_step`` runs it (minus Lightning): the
+    algorithm's ``outer_step``, then Adam on the model's and the algorithm's parameters."""
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.Adam([*params.values(), *algorithm.parameters()], lr=OUTER_LR)
+
+    def backward(loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with decomposed_batch_norm() if decomposed else nullcontext():
+            algorithm.outer_step(params, batch, strategy, backward)
+        optimizer.step()
+
+    return step
+
+
 def metalab_step(
     model: nn.Module,
     batch: TaskBatch,
@@ -308,26 +318,16 @@ def metalab_step(
     strategy: Strategy,
     decomposed: bool = False,
 ) -> Step:
-    """metalab's outer step, as MetaLearner.training_step runs it (minus Lightning)."""
-    algorithm_class = FOMAML if first_order else MAML
-    algorithm = algorithm_class(
-        InnerLoop(model, task_kind(workload)),
-        **inner_settings(workload),
-        first_order=first_order,
-    )
-    params = dict(model.named_parameters())
-    optimizer = torch.optim.Adam(params.values(), lr=OUTER_LR)
+    """MAML's (or FOMAML's) ``contract_step``, the counterpart of ``textbook_step``."""
+    algorithm = metalab_algorithm("fomaml" if first_order else "maml", model, workload)
+    return contract_step(algorithm, model, batch, strategy, decomposed)
 
-    def backward(loss: torch.Tensor) -> None:
-        loss.backward()
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with decomposed_batch_norm() if decomposed else nullcontext():
-            strategy.meta_gradient(algorithm.meta_objective, params, batch, backward)
-        optimizer.step()
-
-    return step
+def metalab_reptile_step(
+    model: nn.Module, batch: TaskBatch, workload: Workload, strategy: Strategy
+) -> Step:
+    """Reptile's ``contract_step``, the counterpart of ``textbook_reptile_step``."""
+    return contract_step(metalab_algorithm("reptile", model, workload), model, batch, strategy)
 
 
 # --------------------------------------------------------------------------- measurement
@@ -438,28 +438,30 @@ class Row:
     tasks_per_s_ratio: float | None = None
     peak_ratio: float | None = None
     error: str | None = None
+    tasks_per_s_vs_loop: float | None = None  # against metalab's loop of the same run
+    peak_vs_loop: float | None = None
 
 
 def build_step(
     implementation: str, algorithm: str, workload: Workload, device: torch.device
 ) -> tuple[Step, Strategy | None]:
     torch.manual_seed(0)
-    first_order = ALGORITHMS[algorithm]
     batch = make_batch(workload).to(device)
     if implementation == BASELINE:
         model = textbook_model(workload).to(device)
         if algorithm == "reptile":
             return textbook_reptile_step(model, batch, workload), None
-        return textbook_step(model, batch, workload, first_order), None
+        return textbook_step(model, batch, workload, ALGORITHMS[algorithm]), None
     model = metalab_model(workload).to(device)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     layout = "contiguous" if implementation == "loop-nchw" else "auto"
     apply_memory_format(model, resolve_memory_format(layout, accelerator))  # as training does
     strategy = metalab_strategy(implementation, device)
-    if algorithm == "reptile":
-        return metalab_reptile_step(model, batch, workload, strategy), strategy
     decomposed = implementation == "loop-mvbn"
-    return metalab_step(model, batch, workload, first_order, strategy, decomposed), strategy
+    step = contract_step(
+        metalab_algorithm(algorithm, model, workload), model, batch, strategy, decomposed
+    )
+    return step, strategy
 
 
 def measure_one(spec: str, args: argparse.Namespace) -> Row:
@@ -571,14 +573,19 @@ def run_child(spec: str, args: argparse.Namespace) -> None:
 
 
 def add_ratios(rows: list[Row]) -> None:
-    """Ratios against the textbook loop of the same workload and algorithm, same run."""
-    baselines = {(r.workload, r.algorithm): r for r in rows if r.implementation == BASELINE}
-    for row in rows:
-        base = baselines.get((row.workload, row.algorithm))
-        if base is None or base.error or row.error:
-            continue
-        row.tasks_per_s_ratio = row.tasks_per_s / base.tasks_per_s
-        row.peak_ratio = row.peak_mib / base.peak_mib
+    """Ratios against the textbook loop and against metalab's loop of the same workload and
+    algorithm, same run."""
+    for reference in (BASELINE, LOOP):
+        baselines = {(r.workload, r.algorithm): r for r in rows if r.implementation == reference}
+        for row in rows:
+            base = baselines.get((row.workload, row.algorithm))
+            if base is None or base.error or row.error:
+                continue
+            speed, peak = row.tasks_per_s / base.tasks_per_s, row.peak_mib / base.peak_mib
+            if reference == BASELINE:
+                row.tasks_per_s_ratio, row.peak_ratio = speed, peak
+            else:
+                row.tasks_per_s_vs_loop, row.peak_vs_loop = speed, peak
 
 
 def fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -601,8 +608,10 @@ COLUMNS = (
     ("implementation", "left"),
     ("tasks/s", "right"),
     ("x textbook", "right"),
+    ("x loop", "right"),
     ("peak MiB", "right"),
     ("x textbook", "right"),
+    ("x loop", "right"),
     ("+MiB over built", "right"),
     ("warmup+timed", "left"),
     ("other jobs", "right"),
@@ -618,8 +627,10 @@ def table_row(row: Row, warmup: int) -> list[str]:
         row.label,
         fmt(row.tasks_per_s, ".1f"),
         fmt(row.tasks_per_s_ratio, ".2f", "x"),
+        fmt(row.tasks_per_s_vs_loop, ".2f", "x"),
         fmt(row.peak_mib, ".0f"),
         fmt(row.peak_ratio, ".2f", "x"),
+        fmt(row.peak_vs_loop, ".2f", "x"),
         fmt(row.increase_mib, ".0f"),
         steps_note(row, warmup),
         fmt(row.other_cores, ".2f", " cores"),
@@ -628,7 +639,7 @@ def table_row(row: Row, warmup: int) -> list[str]:
 
 def render(rows: list[Row], args: argparse.Namespace, console: Console) -> None:
     memory = "torch.cuda.max_memory_allocated" if args.device == "cuda" else "peak RSS"
-    table = Table(title="MAML meta-training throughput (full outer step incl. Adam)")
+    table = Table(title="Meta-training throughput (full outer step incl. Adam)")
     for name, justify in COLUMNS:
         table.add_column(name, justify=justify, no_wrap=True)
     for row in rows:
@@ -636,8 +647,9 @@ def render(rows: list[Row], args: argparse.Namespace, console: Console) -> None:
     console.print(table)
     console.print(
         f"peak MiB: {memory} of the row's own process; +MiB over built: peak minus the memory "
-        "once the model and meta-batch were built. x textbook: ratio to the textbook loop "
-        f"of the same workload and algorithm in this run. other jobs: CPU cores used by other "
+        "once the model and meta-batch were built. x textbook, x loop: ratio to the textbook "
+        "loop (MAML, FOMAML, Reptile), to metalab's loop, of the same workload and algorithm "
+        f"in this run. other jobs: CPU cores used by other "
         f"processes (and steal) during the row's timed steps, of {os.cpu_count()}; a row with "
         "other jobs running was slowed by them."
     )
@@ -749,6 +761,8 @@ def measure_all(args: argparse.Namespace, console: Console) -> list[Row]:
             for implementation in args.strategies.split(","):
                 if algorithm == "reptile" and implementation in NOT_FOR_REPTILE:
                     continue
+                if implementation == BASELINE and algorithm not in TEXTBOOK_ALGORITHMS:
+                    continue
                 spec = f"{implementation},{algorithm},{name}"
                 with console.status(f"measuring {spec}"):
                     row = measure_row(spec, args)
@@ -765,7 +779,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         run_child(args.one, args)
         return
-    console = Console(width=max(Console().width, 150))
+    console = Console(width=max(Console().width, 170))
     console.print(machine_summary(args))
     start = time.perf_counter()
     rows = measure_all(args, console)

@@ -8,7 +8,8 @@ query_y)`` (an algorithm's bound ``meta_objective``) and runs it over a ``TaskBa
 - ``loop``: one task after another; the smallest memory.
 - ``vmap``: ``torch.func.vmap`` over chunks of tasks.
 - ``hybrid``: for algorithms whose objective is "adapt on the support set, then score the
-  query set once" (``metalab.objectives.AdaptThenScore``): the inner loops of a chunk of
+  query set once" (``metalab.objectives.AdaptThenScore``: MAML, FOMAML, ANIL, Meta-SGD,
+  Meta-LSTM; not MAML++, which scores after every step): the inner loops of a chunk of
   tasks run as one vmap, the large query passes one task at a time with native kernels, and
   one backward through the vectorised inner loops finishes the chunk's meta-gradient; on a
   CPU, chunks run side by side on worker threads.
@@ -48,7 +49,29 @@ def _task_args(batch: TaskBatch) -> tuple[torch.Tensor, ...]:
     return batch.support_x, batch.support_y, batch.query_x, batch.query_y
 
 
-class LoopStrategy:
+class Strategy:
+    """What every strategy offers; only ``auto`` has state worth a checkpoint (its choice)."""
+
+    name = "strategy"
+
+    def meta_gradient(
+        self, fn: TaskFn, params: Params, batch: TaskBatch, backward: Backward
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Back-propagate the mean of ``fn``'s per-task losses; per-task losses and metrics."""
+        raise NotImplementedError
+
+    def map(self, fn: TaskFn, params: Params, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """``fn`` per task (it returns a dict of tensors), stacked over the tasks."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, object]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Nothing to restore."""
+
+
+class LoopStrategy(Strategy):
     """Per task: the smallest memory footprint; the graph of each task is freed at once."""
 
     name = "loop"
@@ -69,7 +92,7 @@ class LoopStrategy:
         return {key: torch.stack([o[key] for o in outputs]) for key in outputs[0]}
 
 
-class VmapStrategy:
+class VmapStrategy(Strategy):
     """``torch.func.vmap`` over chunks of tasks; one backward per chunk.
 
     ``chunk`` tasks per call; with ``chunk=None`` and a ``memory_budget_mib``, the chunk is
@@ -188,14 +211,15 @@ def graph_memory_mib(run: Callable[[], object], device: torch.device) -> float:
 
 def _with_own_model(algorithm: AdaptThenScore) -> AdaptThenScore:
     """A shallow copy of ``algorithm`` running a copy of its model, for a worker thread
-    (``task_threads.map_tasks``); made once per outer step, not per chunk."""
+    (``task_threads.map_tasks``); made once per outer step, not per chunk. What the
+    algorithm meta-learns itself (Meta-SGD's rates) stays shared: it is read, never swapped."""
     own = copy.copy(algorithm)
     inner_loop = algorithm.inner_loop
     own.inner_loop = InnerLoop(copy.deepcopy(inner_loop.model), inner_loop.kind)
     return own
 
 
-class HybridStrategy:
+class HybridStrategy(Strategy):
     """Inner loops vectorised over tasks, query passes per task, one backward to finish.
 
     Why: the inner loop works on the small support sets, where a per-task loop is dominated
@@ -261,7 +285,8 @@ class HybridStrategy:
         if algorithm is None:
             raise ConfigError(
                 "strategy=hybrid needs an algorithm that adapts once and then scores the query "
-                "set (MAML, FOMAML); use strategy=loop or strategy=auto for this one."
+                "set (MAML, FOMAML, ANIL, Meta-SGD, Meta-LSTM); use strategy=loop or "
+                "strategy=auto for this one."
             )
         size = self._chunk(algorithm, params, batch)
         workers = task_threads.workers_for(len(batch), batch.query_x.device)
@@ -270,7 +295,10 @@ class HybridStrategy:
         scorers = (
             [algorithm] if workers == 1 else [_with_own_model(algorithm) for _ in range(workers)]
         )
-        leaves = [p for p in params.values() if p.requires_grad]
+        # What a worker differentiates: the parameters and what the algorithm meta-learns
+        # itself (Meta-SGD's rates, Meta-LSTM's gates).
+        own = algorithm.parameters() if isinstance(algorithm, torch.nn.Module) else ()
+        leaves = [p for p in [*params.values(), *own] if p.requires_grad]
 
         def run_chunk(index: int, scorer: AdaptThenScore):
             chunk = batch.slice(index * size, (index + 1) * size)
@@ -310,7 +338,7 @@ def _inner_product(leaves: list[torch.Tensor], gradients: list) -> torch.Tensor:
     return total
 
 
-class AutoStrategy:
+class AutoStrategy(Strategy):
     """Measures each candidate on the first meta-batch and delegates to the fastest.
 
     Timing uses the real meta-batch (small trial batches mislead: vmap's cost per task

@@ -10,15 +10,23 @@ said with its arguments: a learning rate that is a number or a tensor per parame
 (Meta-SGD's per-element rates, MAML++'s per-layer per-step rates, learnable and
 differentiated through), and the subset of parameters that adapt (ANIL's head, MAML++
 with per-step batch-norm parameters). ``evaluate`` takes the algorithm's own step rule.
+
+Every support-loss gradient of the inner loop goes through ``loss_and_gradients``, so that
+``recording`` can see each inner step of an algorithm's own rule: the NaN diagnosis
+(``numerics.replay_task``) replays a task with it instead of re-coding the rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import math
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
 from metalab.errors import ConfigError
 from metalab.losses import TaskKind
@@ -47,6 +55,37 @@ def scored_steps(steps: int, points: int | None) -> list[int]:
         return [steps]
     stride = -(-steps // (points - 1))  # ceil
     return sorted({*range(0, steps, stride), steps})
+
+
+@dataclass(frozen=True)
+class InnerStep:
+    """One recorded inner step: the support loss it differentiated and its gradient's norm."""
+
+    loss: float
+    grad_norm: float
+
+
+_RECORDS: ContextVar[list[InnerStep] | None] = ContextVar("metalab_inner_steps", default=None)
+
+
+@contextmanager
+def recording() -> Iterator[list[InnerStep]]:
+    """Within it, each inner step appends an ``InnerStep`` to the list it yields.
+
+    For replaying one task outside any ``vmap`` (reading the loss syncs with the device);
+    outside it, the inner loop pays one context-variable lookup per step.
+    """
+    records: list[InnerStep] = []
+    token = _RECORDS.set(records)
+    try:
+        yield records
+    finally:
+        _RECORDS.reset(token)
+
+
+def gradient_norm(grads: Params) -> float:
+    """The Euclidean norm of all gradients together, summed in float64."""
+    return math.sqrt(sum(float(g.detach().double().pow(2).sum()) for g in grads.values()))
 
 
 def rate_for(lr: LearningRate, name: str) -> float | torch.Tensor:
@@ -81,6 +120,33 @@ class InnerLoop:
         with decomposed_batch_norm():
             return vmap(one)(query_x)
 
+    def loss_and_gradients(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        first_order: bool,
+        keys: Collection[str] | None = None,
+    ) -> tuple[torch.Tensor, Params]:
+        """The support loss and its gradients w.r.t. ``keys`` (all parameters when None);
+        the others are held fixed. First order returns both with no graph behind them."""
+        at = {k: p.detach() for k, p in params.items()} if first_order else params
+        if keys is None:
+            grads, loss = grad_and_value(self.loss)(at, x, y)
+        else:
+            fixed = {k: p for k, p in at.items() if k not in keys}
+
+            def loss_of_subset(subset: Params) -> torch.Tensor:
+                return self.loss({**fixed, **subset}, x, y)
+
+            grads, loss = grad_and_value(loss_of_subset)({k: at[k] for k in keys})
+        records = _RECORDS.get()
+        if records is not None:
+            records.append(InnerStep(float(loss), gradient_norm(grads)))
+        if first_order:  # also cuts the path through the inputs (ANIL's body features)
+            return loss.detach(), {k: g.detach() for k, g in grads.items()}
+        return loss, grads
+
     def gradients(
         self,
         params: Params,
@@ -89,20 +155,8 @@ class InnerLoop:
         first_order: bool,
         keys: Collection[str] | None = None,
     ) -> Params:
-        """Support-loss gradients w.r.t. ``keys`` (all parameters when None); the others
-        are held fixed. First order returns gradients with no graph behind them."""
-        at = {k: p.detach() for k, p in params.items()} if first_order else params
-        if keys is None:
-            grads = grad(self.loss)(at, x, y)
-        else:
-            fixed = {k: p for k, p in at.items() if k not in keys}
-
-            def loss_of_subset(subset: Params) -> torch.Tensor:
-                return self.loss({**fixed, **subset}, x, y)
-
-            grads = grad(loss_of_subset)({k: at[k] for k in keys})
-        # First order also cuts the path through the inputs (ANIL's body features).
-        return {k: g.detach() for k, g in grads.items()} if first_order else grads
+        """``loss_and_gradients`` without the loss."""
+        return self.loss_and_gradients(params, x, y, first_order, keys)[1]
 
     def step(
         self,

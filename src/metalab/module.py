@@ -1,8 +1,10 @@
 """The one LightningModule: a bilevel meta-training step with manual optimisation.
 
 Lightning owns the loop, devices, checkpoints and logging; this module owns what happens
-in one outer step: run the algorithm's per-task objective over the meta-batch with the
-chosen execution strategy, back-propagate with ``manual_backward``, clip, step.
+in one outer step: the algorithm's ``outer_step`` (its per-task objective run over the
+meta-batch by the chosen execution strategy and back-propagated with ``manual_backward``,
+or its own update), then clipping and the optimiser's step. It reaches the algorithm only
+through the contract of ``metalab.algorithms.base.Algorithm``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from metalab.algorithms import build_algorithm, has_fixed_head
+from metalab.algorithms.base import Algorithm
 from metalab.data.tasks import TaskBatch
 from metalab.distributed import gather_tasks
 from metalab.errors import MetalabError
@@ -33,17 +36,16 @@ __all__ = ["MetaLearner", "NonFiniteLossError"]
 OUTER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
-def algorithm_state(algorithm: Any) -> dict:
+def algorithm_state(algorithm: Algorithm) -> dict:
     """State an algorithm keeps outside its parameters (Reptile's carried inner Adam)."""
-    save = getattr(algorithm, "checkpoint_state", None)
-    return save() if save is not None else {}
+    return algorithm.checkpoint_state()
 
 
-def load_algorithm_state(algorithm: Any, metalab_state: dict | None) -> None:
-    """Restore ``algorithm_state`` from a checkpoint's ``metalab`` entry, if it has one."""
-    load = getattr(algorithm, "load_checkpoint_state", None)
-    if load is not None and metalab_state and metalab_state.get("algorithm"):
-        load(metalab_state["algorithm"])
+def load_algorithm_state(algorithm: Algorithm, metalab_state: dict | None) -> None:
+    """Restore ``algorithm_state`` from a checkpoint's ``metalab`` entry, if it has one (a
+    checkpoint from before algorithms kept state has none)."""
+    if metalab_state and metalab_state.get("algorithm"):
+        algorithm.load_checkpoint_state(metalab_state["algorithm"])
 
 
 class MetaLearner(pl.LightningModule):
@@ -63,7 +65,9 @@ class MetaLearner(pl.LightningModule):
             str(self.cfg.get("memory_format", "auto")), str(self.cfg.trainer.accelerator)
         )
         apply_memory_format(self.model, self.memory_format)
-        self.algorithm = build_algorithm(self.cfg.algorithm, InnerLoop(self.model, self.kind))
+        self.algorithm: Algorithm = build_algorithm(
+            self.cfg.algorithm, InnerLoop(self.model, self.kind)
+        )
         chunk, budget = self.cfg.vmap_chunk, self.cfg.get("vmap_memory_mib")
         self.strategy = build_strategy(
             str(self.cfg.strategy),
@@ -92,12 +96,9 @@ class MetaLearner(pl.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         params = dict(self.model.named_parameters())
         self.algorithm.on_outer_step(self.global_step, int(self.trainer.max_steps))
-        if hasattr(self.algorithm, "outer_gradient"):  # writes .grad itself (Reptile)
-            losses, metrics = self.algorithm.outer_gradient(params, batch, self.strategy)
-        else:
-            losses, metrics = self.strategy.meta_gradient(
-                self.algorithm.meta_objective, params, batch, self.manual_backward
-            )
+        losses, metrics = self.algorithm.outer_step(
+            params, batch, self.strategy, self.manual_backward
+        )
         loss = losses.mean()
         if not torch.isfinite(loss):
             raise non_finite_error(self, batch, losses)  # before the step: weights stay finite
@@ -114,7 +115,7 @@ class MetaLearner(pl.LightningModule):
 
     def _eval_steps(self) -> int:
         """Inner steps at test time (0 for the metric methods, which have none)."""
-        return int(getattr(self.algorithm, "eval_inner_steps", 0) or 0)
+        return int(self.algorithm.eval_inner_steps)
 
     def _curve_steps(self) -> list[int]:
         """The inner steps the test-time curve scores (``eval.curve_points`` of them)."""
@@ -187,7 +188,7 @@ class MetaLearner(pl.LightningModule):
         checkpoint["metalab"] = {
             "train_batches": self.train_batches,
             "rng": rng_states(),
-            "strategy": self.strategy.state_dict() if hasattr(self.strategy, "state_dict") else {},
+            "strategy": self.strategy.state_dict(),
             "algorithm": algorithm_state(self.algorithm),
         }
 
@@ -198,8 +199,7 @@ class MetaLearner(pl.LightningModule):
             return
         self.train_batches = int(state["train_batches"])
         restore_rng_states(state["rng"])
-        if hasattr(self.strategy, "load_state_dict"):
-            self.strategy.load_state_dict(state["strategy"])
+        self.strategy.load_state_dict(state["strategy"])
         load_algorithm_state(self.algorithm, state)
 
     def configure_optimizers(self):

@@ -1,7 +1,8 @@
 """Algorithms by name: ``conf/algorithm/<name>.yaml`` selects ``metalab.algorithms.<name>``.
 
 Every key of the algorithm's config except ``name`` and ``meta_batch`` (which the data
-layer reads) is a keyword argument of its class.
+layer reads) is a keyword argument of its class; every class fulfils the contract of
+``metalab.algorithms.base.Algorithm``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from metalab.algorithms.anil import ANIL
+from metalab.algorithms.base import Algorithm
 from metalab.algorithms.fomaml import FOMAML
 from metalab.algorithms.maml import MAML
 from metalab.algorithms.mamlpp import MAMLPlusPlus
@@ -24,7 +26,7 @@ from metalab.algorithms.siamese import Siamese
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop
 
-ALGORITHMS = {
+ALGORITHMS: dict[str, type[Algorithm]] = {
     "maml": MAML,
     "fomaml": FOMAML,
     "anil": ANIL,
@@ -39,7 +41,7 @@ ALGORITHMS = {
 NOT_ARGUMENTS = ("name", "meta_batch")
 
 
-def algorithm_class(name: str) -> type:
+def algorithm_class(name: str) -> type[Algorithm]:
     if name not in ALGORITHMS:
         raise ConfigError(
             f"algorithm.name={name!r} is not known: choose one of {', '.join(sorted(ALGORITHMS))}."
@@ -50,10 +52,10 @@ def algorithm_class(name: str) -> type:
 def has_fixed_head(name: str) -> bool:
     """Whether the algorithm's model ends in a linear head with one output per training way
     (the MAML family, Meta-LSTM); metric methods (``fixed_head = False``) embed only."""
-    return getattr(algorithm_class(name), "fixed_head", True)
+    return algorithm_class(name).fixed_head
 
 
-def build_algorithm(cfg: Any, inner_loop: InnerLoop):
+def build_algorithm(cfg: Any, inner_loop: InnerLoop) -> Algorithm:
     name = cfg.name
     cls = algorithm_class(name)
     plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)

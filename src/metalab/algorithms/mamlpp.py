@@ -65,7 +65,7 @@ class MAMLPlusPlus(MAML):
         self.multi_step_loss, self.msl_anneal_steps = multi_step_loss, msl_anneal_steps
         self.learnable_lr, self.per_step_bn = learnable_lr, per_step_bn
         self.first_order_steps = first_order_steps
-        self.outer_step = 0
+        self.outer_step_index = 0  # the outer step the schedules are at
         names = [name for name, _ in model.named_parameters()]
         bn_names = batch_norm_parameter_names(model) if per_step_bn else []
         if per_step_bn and not bn_names:
@@ -92,14 +92,16 @@ class MAMLPlusPlus(MAML):
         )
 
     def on_outer_step(self, step: int, total_steps: int) -> None:
-        self.outer_step = step
+        self.outer_step_index = step
 
     @property
     def current_first_order(self) -> bool:
-        return self.first_order or self.outer_step < self.first_order_steps
+        return self.first_order or self.outer_step_index < self.first_order_steps
 
     def loss_weights(self) -> list[float]:
-        return multi_step_loss_weights(self.inner_steps, self.outer_step, self.msl_anneal_steps)
+        return multi_step_loss_weights(
+            self.inner_steps, self.outer_step_index, self.msl_anneal_steps
+        )
 
     def at_step(self, params: Params, index: int) -> Params:
         """``params`` with the batch-norm weight and bias of inner step ``index``."""
@@ -126,21 +128,23 @@ class MAMLPlusPlus(MAML):
             lr = fixed_lr
         return self.inner_loop.step(params, x, y, lr, first_order, self.adapt_keys)
 
+    def inner_update(
+        self, params: Params, x: torch.Tensor, y: torch.Tensor, index: int, first_order: bool
+    ) -> Params:
+        return self.update(params, x, y, index, first_order, self.inner_lr)
+
     def meta_objective(self, params, support_x, support_y, query_x, query_y):
+        """Adapt, then score (MAML's), or with the multi-step loss the weighted query
+        losses after every inner step."""
+        if not self.multi_step_loss:
+            return super().meta_objective(params, support_x, support_y, query_x, query_y)
         first_order = self.current_first_order
-        weights = self.loss_weights() if self.multi_step_loss else None
-        kind = self.inner_loop.kind
-        loss, prediction = None, None
-        for index in range(self.inner_steps):
-            params = self.update(params, support_x, support_y, index, first_order, self.inner_lr)
-            if weights is not None:
-                prediction = self.inner_loop.predict(params, query_x)
-                term = weights[index] * kind.loss(prediction, query_y)
-                loss = term if loss is None else loss + term
-        if weights is None:
-            prediction = self.inner_loop.predict(params, query_x)
-            loss = kind.loss(prediction, query_y)
-        return loss, kind.metric(prediction.detach(), query_y)
+        loss = None
+        for index, weight in enumerate(self.loss_weights()):
+            params = self.inner_update(params, support_x, support_y, index, first_order)
+            step_loss, metric = self.query_objective(params, query_x, query_y)
+            loss = weight * step_loss if loss is None else loss + weight * step_loss
+        return loss, metric
 
     def evaluate(self, params, support_x, support_y, query_x, query_y, score_at=None):
         """MAML's evaluation from the step-0 batch-norm parameters, with the learnt rates."""

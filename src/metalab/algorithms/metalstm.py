@@ -27,8 +27,8 @@ import math
 
 import torch
 from torch import nn
-from torch.func import grad_and_value
 
+from metalab.algorithms.base import AdaptingAlgorithm
 from metalab.algorithms.lstm_cell import LSTMCell
 from metalab.errors import ConfigError
 from metalab.fast_eval import MetaLSTMStepper, support_gradients
@@ -59,8 +59,8 @@ def unflatten(vector: torch.Tensor, like: Params) -> Params:
     return out
 
 
-class MetaLSTM(nn.Module):
-    fixed_head = True  # the learner's head has one output per training way
+class MetaLSTM(AdaptingAlgorithm):
+    """Adapt, then score: the adaptation rule is the unrolled meta-learner (``unroll``)."""
 
     def __init__(
         self,
@@ -93,9 +93,6 @@ class MetaLSTM(nn.Module):
         for gate, (low, high) in [(self.input_gate, input_bias), (self.forget_gate, forget_bias)]:
             nn.init.uniform_(gate.weight, -init_range, init_range)
             nn.init.uniform_(gate.bias, low, high)
-
-    def on_outer_step(self, step: int, total_steps: int) -> None:
-        """Nothing is annealed."""
 
     def describe(
         self, grads: torch.Tensor, loss: torch.Tensor, state: State
@@ -141,22 +138,21 @@ class MetaLSTM(nn.Module):
         zeros = torch.zeros_like(theta)
         gates, state, thetas = (zeros, zeros), None, [params]
         for _ in range(steps):
-            at = unflatten(theta.detach(), params)  # no second derivatives through grad_t
-            grads, loss = grad_and_value(self.inner_loop.loss)(at, support_x, support_y)
-            theta, gates, state = self.update(
-                theta, flatten(grads).detach(), loss.detach(), gates, state
+            at = unflatten(theta, params)  # first order: no second derivatives through grad_t
+            loss, grads = self.inner_loop.loss_and_gradients(
+                at, support_x, support_y, first_order=True
             )
+            theta, gates, state = self.update(theta, flatten(grads), loss, gates, state)
             if not keep_graph:
                 theta, gates = theta.detach(), tuple(g.detach() for g in gates)
                 state = None if state is None else tuple(s.detach() for s in state)
             thetas.append(unflatten(theta, params))
         return thetas
 
-    def meta_objective(self, params, support_x, support_y, query_x, query_y):
-        adapted = self.unroll(params, support_x, support_y, self.inner_steps)[-1]
-        prediction = self.inner_loop.predict(adapted, query_x)
-        kind = self.inner_loop.kind
-        return kind.loss(prediction, query_y), kind.metric(prediction.detach(), query_y)
+    def adapt_task(
+        self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor
+    ) -> Params:
+        return self.unroll(params, support_x, support_y, self.inner_steps)[-1]
 
     def evaluate(self, params, support_x, support_y, query_x, query_y, score_at=None):
         """Query loss and metric after the test-time updates in ``score_at`` (all when None):

@@ -4,6 +4,8 @@ The rates have the shapes of the parameters, start at ``inner_lr`` (so Meta-SGD'
 outer step is MAML's) and are meta-learned with the initialisation through the same
 second-order meta-gradient; being parameters of this module they are in the optimiser and
 the checkpoints. Evaluation adapts with the learned rates; ``eval_inner_lr`` is unused.
+Only the inner step differs from MAML's, so the objective stays adapt-then-score (and
+``strategy=hybrid`` applies).
 """
 
 from __future__ import annotations
@@ -35,13 +37,11 @@ class MetaSGD(MAML):
             name: self.rates[escape(name)] for name, _ in self.inner_loop.model.named_parameters()
         }
 
-    def meta_objective(self, params, support_x, support_y, query_x, query_y):
-        adapted = self.inner_loop.adapt(
-            params, support_x, support_y, self.inner_steps, self.learning_rates(), self.first_order
-        )
-        prediction = self.inner_loop.predict(adapted, query_x)
-        kind = self.inner_loop.kind
-        return kind.loss(prediction, query_y), kind.metric(prediction.detach(), query_y)
+    def inner_update(
+        self, params: Params, x: torch.Tensor, y: torch.Tensor, index: int, first_order: bool
+    ) -> Params:
+        """MAML's SGD step with the learned rate of each parameter element."""
+        return self.inner_loop.step(params, x, y, self.learning_rates(), first_order)
 
     def eval_learning_rate(self) -> Params:
         return {k: r.detach() for k, r in self.learning_rates().items()}

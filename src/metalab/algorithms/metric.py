@@ -14,9 +14,9 @@ columns.
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.func import functional_call
 
+from metalab.algorithms.base import TaskObjective
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params
 
@@ -32,8 +32,11 @@ def mask_absent(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return torch.where(counts > 0, scores, torch.full_like(scores, float("-inf")))
 
 
-class MetricAlgorithm(nn.Module):
-    """Base of the metric methods: an embedding applied to a task's support and query sets."""
+class MetricAlgorithm(TaskObjective):
+    """Base of the metric methods: an embedding applied to a task's support and query sets.
+
+    With no inner loop (``inner_loop`` None, ``eval_inner_steps`` 0), a replayed task has
+    no inner steps: the NaN diagnosis can only blame its one loss."""
 
     fixed_head = False  # the model has no head: test ways may differ from training ways
 
@@ -45,16 +48,13 @@ class MetricAlgorithm(nn.Module):
                 f"{inner_loop.kind.name}: use a classification dataset (dataset=omniglot)."
             )
         # The head-less model and the task kind (a plain object: the model is registered by
-        # the caller). Not named ``inner_loop``: these methods have none, and the numerics
-        # monitor, which replays an ``inner_loop``, must skip them.
+        # the caller). Not ``inner_loop``, which the contract keeps None for methods that
+        # have none.
         self.embedding = inner_loop
 
     @property
     def name(self) -> str:
         return type(self).__name__.lower()
-
-    def on_outer_step(self, step: int, total_steps: int) -> None:
-        """Nothing is annealed."""
 
     def embed(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.embedding.model, params, (x,))

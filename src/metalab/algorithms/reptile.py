@@ -22,16 +22,21 @@ from __future__ import annotations
 import torch
 
 from metalab import fast_eval
-from metalab.algorithms.maml import MAML
+from metalab.algorithms.base import Backward, FineTuning, Replay, Scores
 from metalab.data.episodes import derive_seed
-from metalab.data.tasks import TaskBatch
+from metalab.data.tasks import Task, TaskBatch
 from metalab.distributed import average_gradients, rank_and_world
 from metalab.errors import ConfigError
-from metalab.inner_loop import InnerLoop, Params
+from metalab.inner_loop import InnerLoop, Params, recording
 
 INNER_OPTIMIZERS = ("sgd", "adam")
 ANNEALING = ("linear", "none")
 ADAM_STATES = ("carried", "fresh")
+
+
+def _fields(task: Task) -> tuple[torch.Tensor, ...]:
+    """A task's (steps_x, steps_y, all_x, all_y) as ``task_data`` lays them out."""
+    return task.support_x, task.support_y, task.query_x, task.query_y
 
 
 class InnerAdam:
@@ -70,7 +75,7 @@ class InnerAdam:
         }
 
 
-class Reptile(MAML):
+class Reptile(FineTuning):
     def __init__(
         self,
         inner_loop: InnerLoop,
@@ -113,6 +118,8 @@ class Reptile(MAML):
         self.adam_state = adam_state
         self.carried_v: Params | None = None  # the running inner Adam state (carried)
         self.carried_t = 0
+        # (v, t) before the last outer step's first task, for ``replay``
+        self.step_start_state: tuple[Params | None, int] = (None, 0)
 
     @property
     def carries_state(self) -> bool:
@@ -130,12 +137,6 @@ class Reptile(MAML):
         self.step = step
         if self.anneal == "linear":
             self.epsilon = self.outer_step_size * max(0.0, 1.0 - step / max(1, total_steps))
-
-    def meta_objective(self, *args):
-        raise TypeError(
-            "Reptile has no per-task meta-objective to differentiate; its outer step is "
-            "Reptile.outer_gradient."
-        )
 
     def rule(self, lr: float, v: Params | None = None, t: int = 0):
         """The inner update rule, called as (params, x, y, step index) -> params; Adam starts
@@ -184,32 +185,21 @@ class Reptile(MAML):
         rows = torch.arange(len(batch), device=x.device).unsqueeze(1)
         return TaskBatch(x[rows, order], y[rows, order], x, y)
 
-    def outer_gradient(
-        self, params: Params, batch: TaskBatch, strategy
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write eps * (theta - mean adapted) into each parameter's ``.grad``.
+    def outer_step(
+        self, params: Params, batch: TaskBatch, strategy, backward: Backward
+    ) -> Scores:
+        """Write eps * (theta - mean adapted) into each parameter's ``.grad`` (there is no
+        loss to differentiate, so ``backward`` is not called).
 
         Returns per-task loss and metric on the task's own examples after adaptation (a
         training fit, not a query score: Reptile's tasks have no held-out part).
         """
         theta = {k: p.detach() for k, p in params.items()}
-        kind = self.inner_loop.kind
-
-        def adapt_task(p, steps_x, steps_y, all_x, all_y):
-            adapted = self.adapt(p, steps_x, steps_y)
-            with torch.no_grad():
-                prediction = self.inner_loop.predict(adapted, all_x)
-                out = {
-                    "loss": kind.loss(prediction, all_y),
-                    "metric": kind.metric(prediction, all_y),
-                }
-            return {**out, **{"param:" + k: v.detach() for k, v in adapted.items()}}
-
         with torch.enable_grad():
             if self.carries_state:
                 out = self._carried_tasks(theta, self.task_data(batch))
             else:
-                out = strategy.map(adapt_task, theta, self.task_data(batch))
+                out = strategy.map(self._adapt_and_fit, theta, self.task_data(batch))
         grads = [self.epsilon * (theta[k] - out["param:" + k].mean(0)) for k in params]
         for p, g in zip(params.values(), grads, strict=True):
             p.grad = g.to(p.dtype)
@@ -217,25 +207,52 @@ class Reptile(MAML):
         average_gradients(params.values())
         return out["loss"], out["metric"]
 
+    def _adapt_and_fit(
+        self,
+        params: Params,
+        steps_x: torch.Tensor,
+        steps_y: torch.Tensor,
+        all_x: torch.Tensor,
+        all_y: torch.Tensor,
+        update=None,
+    ) -> dict[str, torch.Tensor]:
+        """One task: adapted parameters (``param:<name>``) and their fit on all examples."""
+        adapted = self.adapt(params, steps_x, steps_y, update)
+        kind = self.inner_loop.kind
+        with torch.no_grad():
+            prediction = self.inner_loop.predict(adapted, all_x)
+            out = {"loss": kind.loss(prediction, all_y), "metric": kind.metric(prediction, all_y)}
+        return {**out, **{"param:" + k: v.detach() for k, v in adapted.items()}}
+
     def _carried_tasks(self, theta: Params, data: TaskBatch) -> dict[str, torch.Tensor]:
         """Tasks one after another, each starting from the Adam state the previous one left
         (so no strategy can batch them: the state makes them sequential)."""
-        kind, outs = self.inner_loop.kind, []
+        self.step_start_state = (self.carried_v, self.carried_t)
+        outs = []
         for i in range(len(data)):
             update = self.rule(self.inner_lr, self.carried_v, self.carried_t)
-            adapted = self.adapt(theta, data.support_x[i], data.support_y[i], update)
+            one = data.task(i)
+            outs.append(self._adapt_and_fit(theta, *_fields(one), update))
             self.carried_v = {k: v.detach() for k, v in update.v.items()}
             self.carried_t = update.t
-            with torch.no_grad():
-                prediction = self.inner_loop.predict(adapted, data.query_x[i])
-                outs.append(
-                    {
-                        "loss": kind.loss(prediction, data.query_y[i]),
-                        "metric": kind.metric(prediction, data.query_y[i]),
-                        **{"param:" + k: v.detach() for k, v in adapted.items()},
-                    }
-                )
         return {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
+
+    def replay(self, params: Params, batch: TaskBatch, task: int) -> Replay:
+        """Task ``task`` as the last ``outer_step`` ran it: the same mini-batches, and with a
+        carried Adam state the state the tasks before it left (the run's state is left as
+        it is)."""
+        theta = {k: p.detach() for k, p in params.items()}
+        data = self.task_data(batch)
+        v, t = self.step_start_state if self.carries_state else (None, 0)
+        with torch.enable_grad():
+            for i in range(task if self.carries_state else 0):
+                update = self.rule(self.inner_lr, v, t)
+                self.adapt(theta, data.support_x[i], data.support_y[i], update)
+                v, t = update.v, update.t
+            with recording() as steps:
+                update = self.rule(self.inner_lr, v, t)
+                out = self._adapt_and_fit(theta, *_fields(data.task(task)), update)
+        return Replay(float(out["loss"]), steps)
 
     def _eval_state(self) -> tuple[Params | None, int]:
         """Evaluation starts each task from the training run's Adam state and leaves it as
