@@ -23,7 +23,9 @@ def cli_argv(command: str) -> list[str]:
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, WANDB_SILENT="true", HYDRA_FULL_ERROR="0", **extra)
+    # offline whatever the machine's environment says (WANDB_MODE=online would go live)
+    quiet = {"WANDB_SILENT": "true", "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    return {**os.environ, **quiet, **extra}
 
 
 def run_cli(
@@ -31,7 +33,11 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """Run a console script (found next to this Python, else as ``python -m``)."""
     return subprocess.run(
-        [*cli_argv(command), *args], cwd=cwd, env=cli_env(), capture_output=True, text=True,
+        [*cli_argv(command), *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 

@@ -241,3 +241,21 @@ def test_all_four_loggers_combined_in_a_tiny_run(tmp_path, clean_env):
         pytest.approx(best)
     )
     assert run.data.params["seed"] == "3"
+
+
+def test_a_missing_logger_package_is_refused_by_the_config_check(monkeypatch):
+    """Before the data is built or anything written: the check every run passes first."""
+    from hydra import compose, initialize_config_dir
+
+    from metalab import preflight
+    from metalab.paths import config_dir
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(preflight, "_CHECKED", set())
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a)
+    )
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("train", ["debug=tiny", "logger=[csv,mlflow]"])
+    with pytest.raises(ConfigError, match=r"logger=mlflow needs the mlflow package"):
+        preflight.check_config(cfg)

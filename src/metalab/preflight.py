@@ -18,6 +18,7 @@ from metalab.algorithms import ALGORITHMS, build_algorithm, has_fixed_head
 from metalab.data.augment import augmentation
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop
+from metalab.loggers import require
 from metalab.losses import TASK_KINDS
 from metalab.models import build_model
 from metalab.schema import check_memory, check_values
@@ -234,6 +235,14 @@ def check_head(cfg: DictConfig) -> None:
         )
 
 
+def check_logger_packages(cfg: Any) -> None:
+    """logger=tensorboard or mlflow without its package: refused before anything is written
+    (the loggers are built after the data)."""
+    for option in ("tensorboard", "mlflow"):
+        if cfg.get("logger") is not None and cfg.logger.get(option) is not None:
+            require(option)
+
+
 # Configs this process has already checked: the run guard checks a run's config before Hydra
 # writes anything, and train() (which may also be called as a library function) gets it again.
 _CHECKED: set[str] = set()
@@ -260,6 +269,7 @@ def _check_config(cfg: Any) -> None:
     check_learning_rates(cfg)
     check_scheduler(cfg)
     check_trainer_keys(cfg.trainer)
+    check_logger_packages(cfg)
     check_algorithm_keys(cfg)
     check_algorithm_settings(cfg)
     check_head(cfg)
