@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from types import SimpleNamespace
 
@@ -83,18 +84,35 @@ def test_fused_block_equals_the_composite_block_in_float64(
     assert torch.count_nonzero(grads[1]) == 0  # the convolution's bias cancels exactly
 
 
+def near_ties(layer: ConvBlock, x: torch.Tensor, gap: float) -> torch.Tensor:
+    """The pooling windows [N, C, H/2, W/2] whose two largest values, or whose largest and
+    the ReLU's 0, are within ``gap`` of each other in the exact (float64) block."""
+    with torch.no_grad():
+        z = layer[1](layer[0](x))
+    images, channels, height, width = z.shape
+    windows = z[..., : height // 2 * 2, : width // 2 * 2].unfold(2, 2, 2).unfold(3, 2, 2)
+    top = windows.reshape(images, channels, height // 2, width // 2, 4).topk(2, dim=-1).values
+    return (top[..., 0] - top[..., 1] <= gap) | (top[..., 0].abs() <= gap)
+
+
 @needs_kernel
-def test_fused_block_in_float32_agrees_to_rounding():
-    """Against the float64 block, as the relative error of each gradient as a whole: in
-    float32 a window whose two largest values are within rounding of each other may send its
-    gradient to either position (in the composite block too), which element-wise tolerances
-    turn into a failure at some seeds and thread counts; the whole stays at rounding level."""
+@pytest.mark.parametrize("seed", [3, 33])  # 33: a near-tie that flips in float32
+def test_fused_block_in_float32_agrees_to_rounding(seed):
+    """Against the float64 block, as the relative error of each gradient as a whole, away from
+    near-ties: in float32 a window whose two largest values are within rounding of each other
+    may send its gradient to either position (in the composite block too; at seed 33 one
+    such window moved the convolution's gradient by 1.7e-3), so such windows get no gradient
+    from above. 120 seeds and thread counts stayed under 1e-6 so (rounding level)."""
     layer = block(1, 64, torch.float32, channels_last=True)
-    generator = torch.Generator().manual_seed(3)
+    exact_layer = copy.deepcopy(layer).double()
+    generator = torch.Generator().manual_seed(seed)
     x = torch.rand(20, 1, 28, 28, generator=generator)
     grad_out = torch.randn(20, 64, 14, 14, generator=generator)
+    ties = near_ties(exact_layer, x.double(), gap=1e-4)
+    assert ties.float().mean() < 1e-3  # the comparison still covers nearly every window
+    grad_out = grad_out.masked_fill(ties, 0.0)
     out, grads = value_and_gradients(layer, x, grad_out, fused=True)
-    exact, exact_grads = value_and_gradients(layer.double(), x.double(), grad_out.double(), False)
+    exact, exact_grads = value_and_gradients(exact_layer, x.double(), grad_out.double(), False)
     torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5)
     for ours, theirs in zip(grads, exact_grads, strict=True):
         assert (ours.double() - theirs).norm() <= 1e-5 * max(theirs.norm().item(), 1e-12)
