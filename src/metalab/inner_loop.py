@@ -142,7 +142,7 @@ class InnerLoop:
             grads, loss = grad_and_value(loss_of_subset)({k: at[k] for k in keys})
         records = _RECORDS.get()
         if records is not None:
-            records.append(InnerStep(float(loss), gradient_norm(grads)))
+            records.append(InnerStep(float(loss.detach()), gradient_norm(grads)))
         if first_order:  # also cuts the path through the inputs (ANIL's body features)
             return loss.detach(), {k: g.detach() for k, g in grads.items()}
         return loss, grads

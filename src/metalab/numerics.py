@@ -2,8 +2,11 @@
 
 The inner loop runs inside ``torch.func`` transforms (and vmap), where a data-dependent check
 cannot run per step; so the outer loss is checked once per meta-batch, and only when it is
-not finite is the first failing task replayed step by step to say whether the inner (support)
-or the outer (query) loss blew up, and how large the inner gradient was.
+not finite is the first failing task replayed, by the algorithm's own code
+(``Algorithm.replay``: ANIL's head-only steps, Meta-SGD's and MAML++'s learned rates,
+Reptile's inner Adam and mini-batches, Meta-LSTM's learned update) with each inner step
+recorded, to say whether the inner (support) or the outer (query) loss blew up, at which
+inner step, and how large the inner gradient was.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.func import grad
 
+from metalab.algorithms.base import Algorithm
 from metalab.errors import MetalabError
+from metalab.inner_loop import gradient_norm
 
 log = logging.getLogger("metalab")
 
@@ -25,48 +29,37 @@ class NonFiniteLossError(MetalabError):
     """The meta-training loss became NaN or infinite."""
 
 
-def _norm(grads: dict[str, torch.Tensor]) -> float:
-    return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads.values()))
-
-
-def inner_gradient_norm(algorithm: Any, params: dict, batch: Any) -> float | None:
+def inner_gradient_norm(algorithm: Algorithm, params: dict, batch: Any) -> float | None:
     """The support-loss gradient norm of the batch's first task at ``params`` (None if the
-    algorithm has no functional inner loop to ask)."""
-    inner_loop = getattr(algorithm, "inner_loop", None)
-    if inner_loop is None or not hasattr(inner_loop, "loss"):
-        return None
-    detached = {k: p.detach() for k, p in params.items()}
-    with torch.enable_grad():
-        return _norm(grad(inner_loop.loss)(detached, batch.support_x[0], batch.support_y[0]))
+    algorithm has no inner loop)."""
+    grads = algorithm.inner_gradient(params, batch.support_x[0], batch.support_y[0])
+    return None if grads is None else gradient_norm(grads)
 
 
-def replay_task(algorithm: Any, params: dict, batch: Any, task: int) -> dict[str, Any]:
-    """Re-run one task's inner loop step by step (first order, no outer graph) and report the
-    first non-finite loss and the largest inner gradient norm on the way."""
-    inner_loop = getattr(algorithm, "inner_loop", None)
-    steps, lr = getattr(algorithm, "inner_steps", None), getattr(algorithm, "inner_lr", None)
-    if inner_loop is None or steps is None or lr is None:
-        return {}
-    sx, sy = batch.support_x[task], batch.support_y[task]
-    qx, qy = batch.query_x[task], batch.query_y[task]
-    current = {k: p.detach() for k, p in params.items()}
-    largest = 0.0
-    with torch.enable_grad():
-        for step in range(int(steps)):
-            support_loss = inner_loop.loss(current, sx, sy)
-            if not torch.isfinite(support_loss):
-                return {
-                    "where": "inner",
-                    "inner_step": step,
-                    "loss": float(support_loss),
-                    "grad_norm": largest,
-                }
-            grads = grad(inner_loop.loss)(current, sx, sy)
-            largest = max(largest, _norm(grads))
-            current = {k: p - lr * grads[k] for k, p in current.items()}
-        with torch.no_grad():
-            query_loss = inner_loop.loss(current, qx, qy)
-    return {"where": "outer", "loss": float(query_loss), "grad_norm": largest}
+def replay_task(algorithm: Algorithm, params: dict, batch: Any, task: int) -> dict[str, Any]:
+    """Replay one task with the algorithm's own update and say where it first went
+    non-finite: ``where`` is "inner" (with ``inner_step``, the number of inner steps taken
+    before the support loss was not finite) or "outer" (every inner loss finite); ``loss``
+    is that loss, ``grad_norm`` the largest inner gradient norm before it, ``inner_steps``
+    how many inner steps the replay recorded (0: a method with no inner loop)."""
+    replay = algorithm.replay(params, batch, task)
+    norms = [0.0]
+    for index, step in enumerate(replay.inner_steps):
+        if not math.isfinite(step.loss):
+            return {
+                "where": "inner",
+                "inner_step": index,
+                "loss": step.loss,
+                "grad_norm": max(norms),
+                "inner_steps": len(replay.inner_steps),
+            }
+        norms.append(step.grad_norm)
+    return {
+        "where": "outer",
+        "loss": replay.loss,
+        "grad_norm": max(norms),
+        "inner_steps": len(replay.inner_steps),
+    }
 
 
 # |w| no trained few-shot network reaches; beyond it the outer update, not the inner loop, failed
@@ -77,14 +70,19 @@ def _diagnose(module: Any, batch: Any, losses: torch.Tensor) -> tuple[str, str]:
     """Which loss blew up and what to lower."""
     cfg = module.cfg
     outer_lr = f"optimizer.lr={cfg.optimizer.lr}"
-    inner_lr = f"algorithm.inner_lr={cfg.algorithm.get('inner_lr')}"
     outer_fix = f"the outer learning rate is probably too high ({outer_lr}): lower it, or set "
     outer_fix += "optimizer.grad_clip"
-    inner_fix = f"the inner learning rate is probably too high ({inner_lr}): lower it"
+    if cfg.algorithm.get("inner_lr") is None:  # Meta-LSTM: the outer step shapes its update
+        inner_fix = either_fix = outer_fix
+    else:
+        inner_lr = f"algorithm.inner_lr={cfg.algorithm.inner_lr}"
+        inner_fix = f"the inner learning rate is probably too high ({inner_lr}): lower it"
+        either_fix = f"{inner_fix}, or {outer_fix}"
     bad = (~torch.isfinite(losses)).nonzero()
     task = int(bad[0]) if len(bad) else 0
     params = {k: p.detach() for k, p in module.model.named_parameters()}
-    if not all(bool(torch.isfinite(p).all()) for p in params.values()):
+    learned = [*params.values(), *module.algorithm.parameters()]  # and Meta-SGD's rates...
+    if not all(bool(torch.isfinite(p).all()) for p in learned):
         return "the meta-parameters themselves are not finite", outer_fix
     largest = max(float(p.abs().max()) for p in params.values() if p.numel())
     if largest > WEIGHT_BLOWUP:  # an outer step threw the meta-parameters out of range
@@ -94,27 +92,27 @@ def _diagnose(module: Any, batch: Any, losses: torch.Tensor) -> tuple[str, str]:
             outer_fix,
         )
     info = replay_task(module.algorithm, params, batch, task)
-    norm = info.get("grad_norm")
+    norm = info["grad_norm"]
     gradient = f" (inner gradient norm up to {norm:.3g})" if norm else ""
-    if info.get("where") == "inner" and info["inner_step"] == 0:
+    if info["where"] == "inner" and info["inner_step"] == 0:
         return (
             f"the inner (support) loss of task {task} is {info['loss']} at the meta-parameters, "
             "before any inner step",
             outer_fix,
         )
-    if info.get("where") == "inner":
+    if info["where"] == "inner":
         return (
             f"the inner (support) loss of task {task} is {info['loss']} after "
             f"{info['inner_step']} inner steps{gradient}",
             inner_fix,
         )
-    if info:
-        return (
-            f"the outer (query) loss of task {task} is {float(losses[task])} after adaptation"
-            f"{gradient}",
-            inner_fix if norm and norm > 1e3 else f"{inner_fix}, or {outer_fix}",
-        )
-    return f"the loss of task {task} is {float(losses[task])}", f"{inner_fix}, or {outer_fix}"
+    if info["inner_steps"] == 0:  # a metric method: one loss, no inner loop to blame
+        return f"the loss of task {task} is {float(losses[task])}", outer_fix
+    return (
+        f"the outer (query) loss of task {task} is {float(losses[task])} after adaptation"
+        f"{gradient}",
+        inner_fix if norm and norm > 1e3 else either_fix,
+    )
 
 
 def non_finite_error(module: Any, batch: Any, losses: torch.Tensor) -> NonFiniteLossError:

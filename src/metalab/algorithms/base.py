@@ -136,7 +136,7 @@ class TaskObjective(Algorithm):
             loss, _ = self.meta_objective(
                 params, one.support_x, one.support_y, one.query_x, one.query_y
             )
-        return Replay(float(loss), steps)
+        return Replay(float(loss.detach()), steps)
 
 
 class AdaptingAlgorithm(TaskObjective, objectives.AdaptThenScore):
