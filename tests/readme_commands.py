@@ -3,8 +3,9 @@
 ``collect`` reads the fenced code blocks (```bash, ```sh or plain ```), joins backslash
 continuations, drops comments and keeps every command (a part of an ``&&`` chain) that starts
 with metalab-train, metalab-eval, metalab-compare, ``python -m metalab...`` or runs the
-metalab service of ``docker compose`` (whose entrypoint is metalab-train). A line that only
-mentions a command further on (the Layout block's ``train.py  metalab-train; ...``) is not one.
+metalab or metalab-gpu service of ``docker compose`` (whose entrypoint is metalab-train). A
+line that only mentions a command further on (the Layout block's
+``train.py  metalab-train; ...``) is not one.
 
 ``Command.compose_only`` says why a command is composed (``--cfg job``) instead of run: it
 needs a GPU, SLURM, W&B online or Docker, or a data set that is not under ``$METALAB_DATA``.
@@ -143,7 +144,8 @@ def parse(tokens: list[str], text: str, line: int) -> Command | None:
         rest = tokens[tokens.index("run") + 1 :]
         while rest and rest[0].startswith("-"):
             rest.pop(0)  # --rm, -T (run's flags that take no value)
-        if rest and rest[0] == "metalab":  # docker/Dockerfile: ENTRYPOINT ["metalab-train"]
+        # docker/Dockerfile: ENTRYPOINT ["metalab-train"]; the CPU and GPU services
+        if rest and rest[0] in ("metalab", "metalab-gpu"):
             return Command(text, "metalab-train", tuple(rest[1:]), tuple(env), True, line=line)
     return None
 

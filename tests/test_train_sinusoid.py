@@ -31,6 +31,8 @@ def test_results_json_records_metrics_and_protocol(run_dir):
     assert len(test["per_step"]) == 11  # before adaptation and after each of 10 steps
     assert test["mean"] == test["per_step"][-1]["mean"] and test["ci95"] > 0
     assert results["protocol"]["shots"] == 10 and results["protocol"]["inner_steps"] == 10
+    # an MLP has no Conv-4 first block: the record says the composite path, and why
+    assert results["kernels"]["first_block"] == "composite" and results["kernels"]["reason"]
     assert results["config"]["algorithm"]["name"] == "maml"
     assert results["train"]["steps"] == 1500
     assert results["strategy"].startswith("auto -> ")

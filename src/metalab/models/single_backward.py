@@ -1,6 +1,6 @@
 """Whether the graph of a forward pass will be differentiated once, never twice.
 
-Some fast paths (``metalab.models.fused_first_block``) have a backward pass of their own that
+Some fast paths (``metalab.native.fused_first_block``) have a backward pass of their own that
 is not itself differentiable. Second-order MAML differentiates the query loss through the
 inner loop's gradients, so such paths may run only where the caller knows the graph gets a
 single backward: hybrid's query passes, at detached adapted parameters, say so with
