@@ -26,7 +26,9 @@ def test_groups_hold_the_documented_options():
         "anil", "fomaml", "maml", "mamlpp", "matchingnet", "metalstm", "metasgd", "protonet",
         "reptile", "siamese",
     ]  # fmt: skip
-    assert options("dataset") == ["cifar_fs", "fc100", "miniimagenet", "omniglot", "sinusoid"]
+    assert options("dataset") == [
+        "cifar_fs", "fc100", "imagefolder", "miniimagenet", "omniglot", "sinusoid",
+    ]  # fmt: skip
     assert options("model") == ["conv4", "conv4_32", "koch", "mlp", "resnet12"]
     assert options("trainer") == ["cpu", "ddp", "ddp_cpu", "gpu"]
     assert options("logger") == ["csv", "mlflow", "none", "tensorboard", "wandb"]

@@ -131,6 +131,11 @@ TRAIN: dict[str, Spec] = {
     "dataset.split_seed": SEED,
     "dataset.image_size": _int(1, 4096),
     "dataset.crop_padding": _int(0, 1024),
+    "dataset.resize": Spec(
+        "choice",
+        choices=("stretch", "crop"),
+        hint="stretch: the whole picture to the square; crop: shorter side, centre square",
+    ),
     "dataset.ways": _int(1),
     "dataset.shots": _int(1),
     "dataset.queries": _int(1),

@@ -13,15 +13,15 @@ from metalab.data.episodes import (
     VAL_STREAM,
     ClassPool,
     FixedEpisodes,
-    NWayKShot,
     TaskSource,
     TrainEpisodes,
 )
+from metalab.data.ragged import episode_source
 from metalab.data.sinusoid import SinusoidTasks
 from metalab.data.tasks import TaskBatch
 from metalab.errors import ConfigError
 
-DATASETS = ("sinusoid", "omniglot", "miniimagenet", "cifar_fs", "fc100")
+DATASETS = ("sinusoid", "omniglot", "miniimagenet", "cifar_fs", "fc100", "imagefolder")
 
 
 def build_sources(cfg: Any) -> dict[str, TaskSource]:
@@ -60,6 +60,10 @@ def load_pools(cfg: Any) -> dict[str, ClassPool]:
         return load_miniimagenet(
             cfg.root, source=cfg.source, image_size=cfg.image_size, cache_dir=cfg.cache_dir
         )
+    if cfg.name == "imagefolder":
+        from metalab.data.imagefolder import imagefolder_pools
+
+        return imagefolder_pools(cfg)
     from metalab.data.cifar import load_cifar
 
     return load_cifar(
@@ -72,11 +76,13 @@ def load_pools(cfg: Any) -> dict[str, ClassPool]:
 
 
 def episodes(pools: dict[str, ClassPool], cfg: Any) -> dict[str, TaskSource]:
-    """N-way K-shot episodes of each split: training ways/shots for train, test ones else."""
+    """N-way K-shot episodes of each split: training ways/shots for train, test ones else
+    (``episode_source``: classes of unequal sizes get the ragged sampler)."""
+    test = (cfg.test_ways, cfg.test_shots, cfg.test_queries)
     return {
-        "train": NWayKShot(pools["train"], cfg.ways, cfg.shots, cfg.queries, "train"),
-        "val": NWayKShot(pools["val"], cfg.test_ways, cfg.test_shots, cfg.test_queries, "val"),
-        "test": NWayKShot(pools["test"], cfg.test_ways, cfg.test_shots, cfg.test_queries, "test"),
+        "train": episode_source(pools["train"], cfg.ways, cfg.shots, cfg.queries, "train"),
+        "val": episode_source(pools["val"], *test, "val"),
+        "test": episode_source(pools["test"], *test, "test"),
     }
 
 
