@@ -27,7 +27,8 @@ def test_groups_hold_the_documented_options():
         "reptile", "siamese",
     ]  # fmt: skip
     assert options("dataset") == [
-        "cifar_fs", "fc100", "imagefolder", "miniimagenet", "omniglot", "sinusoid",
+        "cifar_fs", "cub", "fc100", "imagefolder", "miniimagenet", "omniglot", "sinusoid",
+        "tieredimagenet",
     ]  # fmt: skip
     assert options("model") == ["conv4", "conv4_32", "koch", "mlp", "resnet12"]
     assert options("trainer") == ["cpu", "ddp", "ddp_cpu", "gpu"]

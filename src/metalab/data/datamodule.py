@@ -21,7 +21,10 @@ from metalab.data.sinusoid import SinusoidTasks
 from metalab.data.tasks import TaskBatch
 from metalab.errors import ConfigError
 
-DATASETS = ("sinusoid", "omniglot", "miniimagenet", "cifar_fs", "fc100", "imagefolder")
+DATASETS = (
+    "sinusoid", "omniglot", "miniimagenet", "cifar_fs", "fc100", "imagefolder", "tieredimagenet",
+    "cub",
+)  # fmt: skip
 
 
 def build_sources(cfg: Any) -> dict[str, TaskSource]:
@@ -64,6 +67,14 @@ def load_pools(cfg: Any) -> dict[str, ClassPool]:
         from metalab.data.imagefolder import imagefolder_pools
 
         return imagefolder_pools(cfg)
+    if cfg.name == "tieredimagenet":
+        from metalab.data.tiered import tiered_pools
+
+        return tiered_pools(cfg)
+    if cfg.name == "cub":
+        from metalab.data.cub import cub_pools
+
+        return cub_pools(cfg)
     from metalab.data.cifar import load_cifar
 
     return load_cifar(
