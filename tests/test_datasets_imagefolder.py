@@ -18,7 +18,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from cli import read_results, train_run
+from cli import read_results, run_cli, train_run
+from metalab.assembly import build_data, build_module
 from metalab.data import imagefiles
 from metalab.data.datamodule import build_sources
 from metalab.data.episodes import FixedEpisodes, NWayKShot
@@ -28,6 +29,7 @@ from metalab.data.pools import ImageClasses
 from metalab.data.ragged import RaggedClasses, RaggedNWayKShot, episode_source
 from metalab.errors import ConfigError, DataError
 from metalab.paths import config_dir
+from metalab.trainer import make_trainer
 
 FORMATS = ("png", "jpg", "jpeg", "bmp", "webp")
 
@@ -160,6 +162,22 @@ def test_the_ratio_split_is_disjoint_complete_seeded_and_stable(tmp_path: Path) 
     for pool in pools.values():
         for index, name in enumerate(pool.class_names):
             assert red_class(pool.examples(index, torch.arange(3))) == [class_id(name)] * 3
+
+
+@pytest.mark.parametrize("ratios", [[0.5, 0.6, 0.1], [0.5, 0.5], [1.2, -0.1, -0.1], ["a", 0, 1],
+                                    0.5, [float("nan"), 0.5, 0.5]])  # fmt: skip
+def test_bad_split_ratios_are_refused_with_the_fix(tmp_path: Path, ratios) -> None:
+    root = make_folder(tmp_path / "data", [3] * 3, formats=("png",))
+    with pytest.raises(ConfigError, match=r"dataset\.split_ratios=.*: give three shares"):
+        load(root, tmp_path, split_ratios=ratios)
+
+
+def test_a_data_set_only_tested_on_puts_every_class_in_test(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data", [3] * 5, formats=("png",))
+    pools = load(root, tmp_path, split_ratios=[0, 0, 1], shapes={"test": (5, 1, 2)})
+    assert [pools[p].num_classes for p in ("train", "val", "test")] == [0, 0, 5]
+    with pytest.raises(ConfigError, match=r"dataset\.ways=2 but the train split .* only 0 "):
+        load(root, tmp_path, split_ratios=[0, 0, 1], shapes={"train": (2, 1, 2)})
 
 
 def write_splits(folder: Path, parts: dict[str, list[str]]) -> None:
@@ -417,3 +435,41 @@ def test_metalab_train_on_a_generated_image_folder(tmp_path: Path, algorithm: st
     assert results["protocol"]["data_split"] == "ratio"
     assert 0.0 <= results["metrics"]["test/acc"]["mean"] <= 1.0
     assert not any(p.suffix == ".pt" for p in root.rglob("*"))  # the cache is elsewhere
+    if algorithm != "protonet":
+        return
+    out = run_cli(
+        "metalab-eval", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "shots=3",
+        "queries=1", "eval.tasks=3", "eval.batch=3", f"hydra.run.dir={tmp_path / 'eval'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    evaluated = read_results(tmp_path / "eval")
+    assert (evaluated["protocol"]["shots"], evaluated["protocol"]["queries"]) == (3, 1)
+    assert evaluated["metrics"]["test/acc"]["tasks"] == 3
+
+
+ALGORITHMS = sorted(p.stem for p in (Path(config_dir()) / "algorithm").glob("*.yaml"))
+INNER_STEPS = {"inner_steps": "algorithm.inner_steps=1",
+               "eval_inner_steps": "algorithm.eval_inner_steps=1"}  # fmt: skip
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_trains_and_tests_on_an_image_folder(tmp_path, algorithm) -> None:
+    root = generated_folder(tmp_path)
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        keys = compose("train", overrides=[f"algorithm={algorithm}"]).algorithm
+        steps = [o for key, o in INNER_STEPS.items() if key in keys]
+        cfg = compose("train", overrides=[
+            f"algorithm={algorithm}", "dataset=imagefolder", f"dataset.root={root}",
+            "logger=none", *TINY, *steps,
+        ])  # fmt: skip
+    data, in_shape, out_features = build_data(cfg)
+    module = build_module(cfg, in_shape, out_features)
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer, _, _ = make_trainer(cfg, tmp_path / "run", [], "val/acc", "max")
+    trainer.fit(module, datamodule=data)
+    trainer.test(module, datamodule=data, verbose=False)
+    assert trainer.global_step == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+    assert 0.0 <= module.test_summary["mean"] <= 1.0

@@ -10,8 +10,9 @@ Why it looks like this:
   ``resize=crop`` scales the shorter side to ``size`` and keeps the centre square, so
   photographs of other shapes are not distorted.
 - A large JPEG is decoded at a reduced scale (Pillow's ``draft``, the JPEG decoder's own
-  1/2, 1/4, 1/8 scaling) no smaller than twice the target, then resized: the same picture at
-  a tenth of the cost for camera-sized photos.
+  1/2, 1/4, 1/8 scaling) no smaller than twice the target, then resized: 3.3x faster on
+  1600x1200 photos to 84x84 (measured once on one thread), differing from a full decode by
+  0.4 grey levels on average.
 - Decoding runs on a few threads (Pillow releases the GIL while it decodes and resizes).
 - The result is cached like Omniglot's (``metalab.data.cache``: outside the data folder,
   content-hashed, rebuilt when damaged), keyed by the content of every file: each file's
@@ -99,17 +100,17 @@ def decode_all(
 ) -> torch.Tensor:
     """``count`` images, image ``i`` being ``load(i)`` = (bytes, name for messages), decoded on
     a few threads into uint8 [count, 3, size, size] in order."""
-    out = np.empty((count, size, size, 3), dtype=np.uint8)
+    out = np.empty((count, 3, size, size), dtype=np.uint8)  # channels first: no copy after
 
     def one(index: int) -> None:
         data, name = load(index)
-        out[index] = decode_square(data, name, size, resize, fix)
+        out[index] = decode_square(data, name, size, resize, fix).transpose(2, 0, 1)
 
     with ThreadPoolExecutor(workers()) as pool:
         for start in range(0, count, _CHUNK):
             # list() re-raises the first failure (a DataError naming the file)
             list(pool.map(one, range(start, min(start + _CHUNK, count))))
-    return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)))
+    return torch.from_numpy(out)
 
 
 def content_key(files: Sequence[Path], base: Path, fix: str) -> str:

@@ -230,7 +230,9 @@ def _split_folders(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[st
 
 
 def check_ratios(value: Any) -> tuple[float, float, float]:
-    """``dataset.split_ratios``: three shares >= 0 for train, val and test summing to 1."""
+    """``dataset.split_ratios``: three shares >= 0 for train, val and test summing to 1. A
+    share may be 0 (a data set only tested on is [0, 0, 1]); a split then too small for its
+    episodes is refused by ``check_fits``."""
     values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
     numbers = [
         v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -239,13 +241,13 @@ def check_ratios(value: Any) -> tuple[float, float, float]:
         len(values) == 3
         and len(numbers) == 3
         and all(math.isfinite(v) and v >= 0 for v in numbers)
-        and numbers[0] > 0
         and abs(sum(numbers) - 1) <= 1e-6
     )
     if not valid:
         raise ConfigError(
             f"dataset.split_ratios={values or value!r}: give three shares of the classes for "
-            "train, val and test, each >= 0 (train > 0) and summing to 1, e.g. [0.64,0.16,0.2]."
+            "train, val and test, each >= 0 and summing to 1, e.g. [0.64,0.16,0.2] ([0,0,1] puts "
+            "every class in the test split, for a data set used only to test on)."
         )
     return (float(numbers[0]), float(numbers[1]), float(numbers[2]))
 
