@@ -7,8 +7,8 @@ Why it looks like this:
   https://data.caltech.edu/records/65de6-vp158), extracted, read through its own metadata:
   ``classes.txt`` (``<class id> <NNN.Name>``), ``images.txt`` (``<image id> <NNN.Name>/<file>``)
   and ``image_class_labels.txt`` (``<image id> <class id>``), images under ``images/``.
-  metalab does not download it: the archive has moved before (the old vision.caltech.edu link
-  is dead) and the few-shot split is not part of it.
+  metalab does not download it: the archive has moved before (from vision.caltech.edu to
+  CaltechDATA) and the few-shot split is not part of it.
 - Split: the one of Chen et al., "A Closer Look at Few-shot Classification" (ICLR 2019),
   ``filelists/CUB/write_CUB_filelist.py`` in github.com/wyharveychen/CloserLookFewShot, which
   follows the 100/50/50 protocol of Hilliard et al. 2018 ("Few-Shot Learning with

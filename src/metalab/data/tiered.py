@@ -4,10 +4,11 @@ images), 84x84 RGB.
 
 Why it looks like this:
 
-- There is no official download (the authors' ``tiered-imagenet.tar`` is linked from
-  github.com/renmengye/few-shot-ssl-public, on a drive that has moved), so the two common forms
-  of the per-split files are read from ``root`` (or ``root/tiered-imagenet/``, where the tar
-  extracts), and a missing copy gets a message saying which files go where:
+- There is no stable download (the authors' ``tiered-imagenet.tar``, 12.9 GB, is a Google
+  Drive file linked from the README of github.com/renmengye/few-shot-ssl-public, with no
+  checksum), so the two common forms of the per-split files are read from ``root`` (or
+  ``root/tiered-imagenet/``, where the tar extracts), and a missing copy gets a message saying
+  which files go where:
   ``png``: the release's ``<split>_images_png.pkl`` (a pickled list of PNG-encoded images, one
   uint8 array each) with ``<split>_labels.pkl`` (a dict: ``label_specific``, one class index a
   image, and ``label_specific_str``, the class names; the category labels are not used);
