@@ -38,7 +38,8 @@ NEEDS = [
 # Data sets by a word in the command (an experiment, dataset, reproduce or search preset's
 # name) and the folder under $METALAB_DATA that holds them (conf/dataset/*.yaml's root).
 DATA = {"omniglot": "omniglot", "miniimagenet": "miniimagenet", "cifar_fs": "cifar100",
-        "fc100": "cifar100"}  # fmt: skip
+        "fc100": "cifar100", "imagefolder": "imagefolder", "tieredimagenet": "tieredimagenet",
+        "cub": "cub"}  # fmt: skip
 # metalab-eval has no debug group (conf/eval.yaml): its two test-size keys, cut here.
 EVAL_TINY = ("eval.tasks=2", "eval.batch=2")
 SEARCH_TRIALS = 2  # an Optuna search (hparams_search=...) runs this many trials
