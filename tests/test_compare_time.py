@@ -87,9 +87,10 @@ def report(tmp_path) -> Path:
 def test_the_first_crossing_counts_and_a_miss_is_not_reached(tmp_path):
     run = load_run(timed_run(tmp_path, "zigzag", "maml", 0, ZIGZAG))
     hit = first_reached(run, Threshold("acc", 0.90))
-    assert (hit.step, hit.cpu_seconds, hit.wall_seconds) == (19, 10.5, 12.0)  # not step 39
+    # metrics.csv's step 19 is the validation after 20 outer steps (load.validation_step)
+    assert (hit.step, hit.cpu_seconds, hit.wall_seconds) == (20, 10.5, 12.0)  # not step 40
     hit = first_reached(run, Threshold("acc", 0.95))
-    assert (hit.step, hit.cpu_seconds) == (49, 25.0)
+    assert (hit.step, hit.cpu_seconds) == (50, 25.0)
     assert first_reached(run, Threshold("acc", 0.97)) is None
     assert first_reached(run, Threshold("mse", 0.5)) is None  # another metric's threshold
     mse = Threshold("mse", 0.5)
@@ -98,15 +99,16 @@ def test_the_first_crossing_counts_and_a_miss_is_not_reached(tmp_path):
 
 def test_per_run_csv_has_each_runs_first_crossing(report):
     runs = runs_of(report / "time_to_accuracy.csv")
-    zigzag, steady = runs[("algorithm.name=maml", "0")], runs[("algorithm.name=maml", "1")]
-    assert zigzag["step_to_acc90"] == "19" and float(zigzag["cpu_seconds_to_acc90"]) == 10.5
+    zigzag, steady = runs[("maml", "0")], runs[("maml", "1")]
+    assert zigzag["step_to_acc90"] == "20" and float(zigzag["cpu_seconds_to_acc90"]) == 10.5
     assert float(zigzag["wall_seconds_to_acc90"]) == 12.0
     assert float(zigzag["cpu_seconds_to_acc95"]) == 25.0 and zigzag["reached_acc95"] == "True"
     assert zigzag["reached_acc97"] == "False" and zigzag["cpu_seconds_to_acc97"] == ""
     assert float(steady["cpu_seconds_to_acc90"]) == 8.0 and steady["reached_acc95"] == "False"
     assert float(zigzag["train_cpu_seconds"]) == 26.0 and zigzag["train_steps"] == "50"
     assert zigzag["wall_is_gpu_time"] == "False"
-    assert runs[("algorithm.name=protonet", "0")]["wall_is_gpu_time"] == "True"
+    assert runs[("protonet", "0")]["wall_is_gpu_time"] == "True"
+    assert zigzag["path"] == "../sweep/maml_0"  # relative to the report's folder
 
 
 def test_group_csv_carries_budget_and_mean_time_over_seeds_that_all_reached(report):
@@ -130,13 +132,13 @@ def test_markdown_and_html_show_times_and_not_reached(report):
     markdown = (report / "comparison.md").read_text()
     assert "## Budget and time to accuracy" in markdown
     group = next(line for line in markdown.splitlines()
-                 if line.startswith("| algorithm.name=maml | 30–50 |"))  # fmt: skip
+                 if line.startswith("| maml | 30–50 |"))  # fmt: skip
     assert "9.25 s (wall 10.5 s)" in group  # 90%: mean of 10.5 and 8.0 CPU s
     assert "— (1/2)" in group and group.rstrip(" |").endswith("—")  # 95%: one seed; 97%: none
-    assert "step 19: 10.5 s (wall 12 s)" in markdown  # per run, the first crossing
+    assert "step 20: 10.5 s (wall 12 s)" in markdown  # per run, the first crossing
     assert "GPU wall" in markdown  # the GPU run's wall time is said to be the GPU's
     page = (report / "comparison.html").read_text()
-    assert "Budget and time to accuracy" in page and "step 19: 10.5 s" in page
+    assert "Budget and time to accuracy" in page and "step 20: 10.5 s" in page
     assert page.count('src="data:image/png;base64,') == 3  # with val_vs_cpu_time.png
 
 
@@ -151,7 +153,7 @@ def test_thresholds_from_the_cli_in_percent(tmp_path):
     out = tmp_path / "out"
     assert main([str(tmp_path / "runs"), "--out", str(out), "--thresholds", "88,93"]) == 0
     run = next(iter(runs_of(out / "time_to_accuracy.csv").values()))
-    assert run["step_to_acc88"] == "19" and run["step_to_acc93"] == "39"
+    assert run["step_to_acc88"] == "20" and run["step_to_acc93"] == "40"
     assert "cpu_seconds_to_acc90" not in run
     assert main([str(tmp_path / "runs"), "--out", str(out), "--thresholds", "x"]) == 2
 
@@ -167,7 +169,7 @@ def test_runs_logged_before_time_columns_load_and_show_nothing(tmp_path):
     run = next(iter(runs_of(out / "time_to_accuracy.csv").values()))
     assert run["reached_acc90"] == "" and run["step_to_acc90"] == ""  # unknown, not "False"
     lines = (out / "comparison.md").read_text().splitlines()
-    cells = [line for line in lines if line.startswith("| algorithm.name=")]
+    cells = [line for line in lines if line.startswith(("| maml |", "| protonet |"))]
     assert cells and not any("—" in line for line in cells)  # not "not reached" either
     assert not (out / "val_vs_cpu_time.png").exists()
 
@@ -177,7 +179,7 @@ def test_a_step_validated_again_after_resume_keeps_its_last_time(tmp_path):
     with (run_dir / "metrics.csv").open("a", newline="") as handle:  # attempt 2 from step 10
         csv.writer(handle).writerow([0, 19, 9.0, 10.0, "", 0.92])
     run = load_run(run_dir)
-    assert run.clock[19] == (9.0, 10.0) and run.clock[9] == (4.0, 4.5)
+    assert run.clock[20] == (9.0, 10.0) and run.clock[10] == (4.0, 4.5)
     assert first_reached(run, Threshold("acc", 0.9)).cpu_seconds == 9.0
 
 
@@ -208,7 +210,7 @@ def test_a_real_runs_times_are_its_metrics_csv_values(tmp_path):
     for target in targets[:2]:
         key = Threshold("mse", target).key
         step, _, cpu, wall = next(p for p in logged if p[1] <= target)
-        assert int(run[f"step_to_{key}"]) == step
+        assert int(run[f"step_to_{key}"]) == step + 1  # the outer steps done
         assert float(run[f"cpu_seconds_to_{key}"]) == cpu  # exactly what metrics.csv logged
         assert float(run[f"wall_seconds_to_{key}"]) == wall
     assert run[f"reached_{Threshold('mse', -1.0).key}"] == "False"
@@ -228,9 +230,9 @@ def test_a_resumed_run_s_curve_and_clock_include_its_earlier_attempts(tmp_path):
     timed_run(run, "attempt-1", "maml", 0, [(9, 0.80, 5.0, 6.0), (19, 0.91, 10.0, 11.0)])
     timed_run(run, "attempt-2", "maml", 0, [(19, 0.90, 10.2, 11.5), (29, 0.70, 99.0, 99.0)])
     loaded = load_run(run)
-    assert loaded.curve == [(9, 0.80), (19, 0.90), (29, 0.94), (39, 0.96)]
-    assert loaded.clock[9] == (5.0, 6.0) and loaded.clock[19] == (10.2, 11.5)
-    assert loaded.clock[29] == (15.0, 16.0)
+    assert loaded.curve == [(10, 0.80), (20, 0.90), (30, 0.94), (40, 0.96)]
+    assert loaded.clock[10] == (5.0, 6.0) and loaded.clock[20] == (10.2, 11.5)
+    assert loaded.clock[30] == (15.0, 16.0)
     assert first_reached(loaded, Threshold("acc", 0.9)).cpu_seconds == 10.2
 
 

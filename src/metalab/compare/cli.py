@@ -1,7 +1,8 @@
 """``metalab-compare PATH...``: compare every run under the given run or sweep directories.
 
 Writes comparison.md, comparison.csv, runs.csv, time_to_accuracy.csv, the PNG plots and
-comparison.html into ``--out`` and prints the table.
+comparison.html into ``--out`` and prints the header and the table. A ``metalab-eval``
+result is shown under the runs whose checkpoint it tested, never as a further seed.
 """
 
 from __future__ import annotations
@@ -14,15 +15,22 @@ from rich.console import Console
 
 from metalab.compare.discover import find_run_dirs
 from metalab.compare.groups import group_runs
+from metalab.compare.header import PATHS_NOTE, report_header, title
 from metalab.compare.html import section, write_html
 from metalab.compare.load import MalformedRun, Run, load_run
 from metalab.compare.plots import (
+    plot_adaptation_curves,
     plot_metric_vs_cpu_time,
     plot_test_vs_published,
     plot_validation_curves,
 )
 from metalab.compare.rows import build_rows
-from metalab.compare.tables import print_table, write_csv, write_markdown, write_runs_csv
+from metalab.compare.tables import (
+    print_table,
+    write_csv,
+    write_markdown,
+    write_runs_csv,
+)
 from metalab.compare.timing import (
     DEFAULT_ACC_THRESHOLDS,
     LEGEND,
@@ -147,32 +155,42 @@ def compare(args: argparse.Namespace, console: Console) -> int:
             f"none of the {len(runs)} runs found has completed: there is nothing to compare yet."
         )
     make_out(args.out)
-    print_table(rows, console)
+    header = report_header(groups, skipped)
+    name = title(groups)
+    print_table(rows, console, header)
     print_time_table(rows, targets, console)
-    write_markdown(rows, args.out / "comparison.md")
-    append_markdown(rows, targets, args.out / "comparison.md")
-    write_csv(rows, args.out / "comparison.csv", extra=lambda row: group_columns(row, targets))
-    write_runs_csv(rows, [], args.out / "runs.csv")
-    write_runs_time_csv(rows, targets, args.out / "time_to_accuracy.csv")
+    out = args.out
+    write_markdown(rows, out / "comparison.md", name, [*header, PATHS_NOTE])
+    append_markdown(rows, targets, out / "comparison.md")
+    write_csv(rows, out / "comparison.csv", extra=lambda row: group_columns(row, targets))
+    write_runs_csv(rows, [], out / "runs.csv")
+    write_runs_time_csv(rows, targets, out / "time_to_accuracy.csv")
     images = []
-    if plot_validation_curves(rows, args.out / "validation_curves.png"):
-        images.append(args.out / "validation_curves.png")
+    if plot_validation_curves(rows, out / "validation_curves.png"):
+        images.append(out / "validation_curves.png")
+    if plot_adaptation_curves(rows, out / "adaptation_curves.png"):
+        images.append(out / "adaptation_curves.png")
     for metric in sorted({row.metric for row in rows}):
-        png = args.out / f"test_{metric}.png"
+        png = out / f"test_{metric}.png"
         plot_test_vs_published([r for r in rows if r.metric == metric], png)
         images.append(png)
-    if plot_metric_vs_cpu_time(rows, targets, args.out / "val_vs_cpu_time.png"):
-        images.append(args.out / "val_vs_cpu_time.png")
+    if plot_metric_vs_cpu_time(rows, targets, out / "val_vs_cpu_time.png"):
+        images.append(out / "val_vs_cpu_time.png")
     sections = [
         section("Budget and time to accuracy", LEGEND, *group_table(rows, targets)),
         section("Time to accuracy per run", "", *run_table(rows, targets)),
     ]
-    write_html(rows, images, [r.path for r in runs], args.out / "comparison.html", sections)
+    write_html(rows, images, [r.path for r in runs], out / "comparison.html", sections,
+               [*header, PATHS_NOTE], name)  # fmt: skip
+    evaluations = sum(1 for run in runs if run.is_eval)
     console.print(
-        f"{len(runs)} runs ({failed} not completed"
-        f"{f', {skipped} malformed skipped' if skipped else ''}) in {len(rows)} groups; "
-        f"report in {args.out}/ (comparison.html, .md, .csv, runs.csv, time_to_accuracy.csv, "
-        f"{', '.join(p.name for p in images)})"
+        f"{len(runs) - evaluations} runs ({failed} not completed"
+        f"{f', {skipped} malformed skipped' if skipped else ''}) in "
+        f"{sum(1 for g in groups if g.evaluation is None)} groups"
+        f"{f', {evaluations} evaluations of their checkpoints' if evaluations else ''}; "
+        f"report in {out}/ (comparison.html, .md, .csv, runs.csv, "
+        f"time_to_accuracy.csv, {', '.join(p.name for p in images)})",
+        highlight=False,
     )
     return 0
 

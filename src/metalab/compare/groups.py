@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from metalab.compare.load import Run
@@ -17,15 +18,19 @@ IGNORED_KEYS = (
     "resume",
     "strategy",
     "vmap_chunk",
+    "vmap_memory_mib",
+    "memory_format",
     "eval.batch",
+    "eval.curve_points",
     "dataset.root",
     "dataset.download",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
+    "trainer.checkpoint_every_n_steps",
     "trainer.accelerator",
     "trainer.devices",
 )
-IGNORED_PREFIXES = ("logger.", "hydra.")
+IGNORED_PREFIXES = ("logger.", "hydra.", "numerics.")
 
 # Student's t, two-sided 95%, by degrees of freedom (n seeds - 1); 1.96 beyond the table.
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -35,13 +40,22 @@ T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
 
 @dataclass
 class Group:
+    """Training runs that differ only in their seed; or, with ``evaluation`` set, the
+    ``metalab-eval`` results of those runs' checkpoints under one protocol (one per
+    checkpoint: an evaluation is another look at a run's weights, never another seed)."""
+
     key: dict[str, Any]  # the differing config values shared by its runs
     runs: list[Run]
     failed: list[Run] = field(default_factory=list)
+    name: str = ""  # the readable label group_runs gives it (algorithm, differing keys)
+    evaluation: str | None = None  # what was evaluated: "best.ckpt (ways=20)"
+    source: Group | None = None  # the training group whose checkpoints were evaluated
+    repeats: list[Run] = field(default_factory=list)  # evaluations of a checkpoint counted
 
     @property
     def label(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in self.key.items()) or "all runs"
+        base = self.source.label if self.source else self.name or "all runs"
+        return f"{base}, eval of {self.evaluation}" if self.evaluation is not None else base
 
     @property
     def metric(self) -> str | None:
@@ -91,28 +105,155 @@ def differing_keys(runs: list[Run], extra_ignored: tuple[str, ...] = ()) -> list
 
 
 def drop_redundant(keys: list[str], runs: list[Run]) -> list[str]:
-    """Drop a key that merely restates another (algorithm.first_order always follows
-    algorithm.name), so group labels stay short; ``*.name`` keys are the ones kept."""
+    """Drop a key whose value follows from the keys kept (algorithm.first_order and
+    algorithm.inner_steps follow from algorithm.name in a maml/fomaml/protonet sweep): it
+    splits no group further, and labels stay short. ``algorithm.name`` and the other
+    ``*.name`` keys are considered first, so they are the ones kept."""
     kept: list[str] = []
-    for key in sorted(keys, key=lambda k: not k.endswith(".name")):
-        if not any(one_to_one(runs, earlier, key) for earlier in kept):
+    for key in sorted(keys, key=display_rank):
+        if not determined(runs, kept, key):
             kept.append(key)
     return [key for key in keys if key in kept]
 
 
-def one_to_one(runs: list[Run], a: str, b: str) -> bool:
-    pairs = {(repr(r.config.get(a)), repr(r.config.get(b))) for r in runs}
-    return len(pairs) == len({x for x, _ in pairs}) == len({y for _, y in pairs})
+def display_rank(key: str) -> tuple[int, int]:
+    """algorithm.name first, then the other ``*.name`` keys, then the rest (stable sort)."""
+    return (key != "algorithm.name", not key.endswith(".name"))
+
+
+def determined(runs: list[Run], by: list[str], key: str) -> bool:
+    """Whether ``key``'s value is the same in every two runs that agree on the ``by`` keys."""
+    seen: dict[tuple, str] = {}
+    for run in runs:
+        value = repr(run.config.get(key))
+        if seen.setdefault(tuple(repr(run.config.get(k)) for k in by), value) != value:
+            return False
+    return True
+
+
+def value_text(value: Any) -> str:
+    """A config value as it is typed on the command line: null, true, 0.001, [40, 40]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """Each key by its last part (``algorithm.inner_lr`` -> ``inner_lr``) unless two of
+    ``keys`` end alike (``algorithm.lr``, ``optimizer.lr``): those keep their full name."""
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return {
+        key: name if last.count(name) == 1 else key for key, name in zip(keys, last, strict=True)
+    }
+
+
+def label_of(values: dict[str, Any], runs: list[Run], names: dict[str, str]) -> str:
+    """``maml``, ``maml omniglot (inner_lr=0.1, shots=5)``: the algorithm (also when it does
+    not differ), the differing ``*.name`` values bare, the other differing keys as
+    key=value."""
+    keys = sorted(values, key=display_rank)
+    words = [value_text(values[k]) for k in keys if k.endswith(".name")]
+    algorithms = {r.config.get("algorithm.name") for r in runs} - {None}
+    if "algorithm.name" not in values and len(algorithms) == 1:
+        words.insert(0, str(next(iter(algorithms))))
+    settings = [f"{names[k]}={value_text(values[k])}" for k in keys if not k.endswith(".name")]
+    text = " ".join(words)
+    if settings:
+        text += f" ({', '.join(settings)})" if text else ", ".join(settings)
+    return text or "all runs"
+
+
+def name_groups(groups: list[Group]) -> None:
+    """Readable, distinct labels; where two would read alike (a value and the same text as
+    a string), every label falls back to the full key=value list."""
+    keys = list(dict.fromkeys(k for g in groups for k in g.key))
+    names = short_names(keys)
+    for group in groups:
+        group.name = label_of(group.key, group.runs + group.failed, names)
+    if len({g.name for g in groups}) < len(groups):
+        for group in groups:
+            group.name = ", ".join(f"{k}={v!r}" for k, v in group.key.items()) or "all runs"
+
+
+def protocol_text(protocol: dict[str, Any]) -> str:
+    """``5-way 1-shot``, ``10-shot`` (regression), with the split when it is not test."""
+    shots = protocol.get("shots")
+    text = f"{shots}-shot" if shots is not None else ""
+    if protocol.get("ways") is not None:
+        text = f"{protocol['ways']}-way {text}".strip()
+    if protocol.get("split", "test") != "test":
+        text += f", split={protocol['split']}"
+    return text or "protocol unknown"
+
+
+def evaluation_text(run: Run, source: Run | None) -> str:
+    """What an evaluation tested: the checkpoint, and how its protocol differs from the one
+    the training run was tested with (``best.ckpt (ways=20)``, ``best.ckpt (same
+    protocol)``); without the training run, the protocol itself."""
+    assert run.checkpoint is not None
+    if source is None or not source.protocol:
+        return f"{run.checkpoint.name} ({protocol_text(run.protocol)})"
+    changed = [f"{key}={value_text(value)}" for key, value in run.protocol.items()
+               if key != "dataset" and source.protocol.get(key) != value]  # fmt: skip
+    return f"{run.checkpoint.name} ({', '.join(changed) or 'same protocol'})"
 
 
 def group_runs(
     runs: list[Run], by: list[str] | None = None, extra_ignored: tuple[str, ...] = ()
 ) -> list[Group]:
-    """One group per combination of the differing keys (or of ``by``), in first-seen order."""
-    keys = by if by else drop_redundant(differing_keys(runs, extra_ignored), runs)
+    """One group per combination of the differing keys (or of ``by``) of the training runs,
+    in first-seen order, each followed by the groups of the evaluations of its checkpoints;
+    evaluations of checkpoints not among the runs come last. Only training runs decide the
+    keys: an evaluation's test-time overrides (dataset.test_ways=20) split no training
+    group, and it is never counted as a seed of its run."""
+    training = [run for run in runs if not run.is_eval] or runs
+    keys = by if by else drop_redundant(differing_keys(training, extra_ignored), training)
     groups: dict[tuple, Group] = {}
-    for run in runs:
+    for run in training:
         values = {key: run.config.get(key) for key in keys}
         group = groups.setdefault(tuple(map(repr, values.values())), Group(values, []))
         (group.runs if run.completed else group.failed).append(run)
-    return list(groups.values())
+    trained = list(groups.values())
+    name_groups(trained)
+    if training is runs:  # only evaluations: each is compared as the run it is
+        return trained
+    return group_evaluations(trained, [run for run in runs if run.is_eval], keys)
+
+
+def group_evaluations(trained: list[Group], evaluations: list[Run], keys: list[str]) -> list[Group]:
+    """``trained`` with, after each group, the groups of its checkpoints' evaluations: one
+    per protocol, each checkpoint counted once (its latest evaluation; earlier ones go to
+    ``repeats``). An evaluation whose run is not compared is grouped by its config's
+    ``keys`` and listed at the end."""
+    owner = {run.path.resolve(): (group, run) for group in trained
+             for run in group.runs + group.failed}  # fmt: skip
+    found: dict[tuple, Group] = {}
+    names = short_names(keys)
+    for run in evaluations:
+        source_group, source_run = owner.get(
+            run.source.resolve() if run.source else Path(), (None, None)
+        )
+        what = evaluation_text(run, source_run)
+        values = dict(source_group.key) if source_group else {k: run.config.get(k) for k in keys}
+        ident = (id(source_group), tuple(map(repr, values.values())), what)
+        if ident not in found:
+            found[ident] = Group(values, [], evaluation=what, source=source_group)
+            found[ident].name = label_of(values, [run], names)
+        group = found[ident]
+        (group.runs if run.completed else group.failed).append(run)
+    for group in found.values():
+        latest: dict[str, Run] = {}
+        for run in sorted(group.runs, key=lambda r: (r.finished or 0.0, str(r.path))):
+            if str(run.checkpoint) in latest:
+                group.repeats.append(latest[str(run.checkpoint)])
+            latest[str(run.checkpoint)] = run
+        counted = {id(run) for run in latest.values()}
+        group.runs = [run for run in group.runs if id(run) in counted]
+    ordered: list[Group] = []
+    for group in trained:
+        ordered += [group, *(g for g in found.values() if g.source is group)]
+    return ordered + [g for g in found.values() if g.source is None]

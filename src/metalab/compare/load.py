@@ -41,17 +41,38 @@ class Run:
     val_best: float | None = None
     protocol: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, val metric)
-    # step -> (CPU, wall) seconds of training at that validation; empty for runs logged
-    # before metalab recorded time (budget.TrainingClock)
+    # (outer steps done, val metric): see validation_step
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    # outer steps done -> (CPU, wall) seconds of training at that validation; empty for runs
+    # logged before metalab recorded time (budget.TrainingClock)
     clock: dict[int, tuple[float, float | None]] = field(default_factory=dict)
+    # the test metric after each inner step scored: (inner step, mean, 95% CI over tasks)
+    per_step: list[tuple[int, float, float | None]] = field(default_factory=list)
     train: dict[str, Any] = field(default_factory=dict)  # steps, cpu_seconds, wall_seconds
     test_time: dict[str, Any] = field(default_factory=dict)  # cpu_seconds, wall_seconds
     hardware: dict[str, Any] = field(default_factory=dict)  # cpu, torch_threads, gpu, ...
+    checkpoint: Path | None = None  # metalab-eval: the checkpoint it tested
+    commit: str | None = None  # git commit of the metalab that wrote it
+    version: str | None = None  # metalab version
+    finished: float | None = None  # when results.json was written (its mtime, epoch seconds)
 
     @property
     def completed(self) -> bool:
         return self.status == "completed" and self.test_mean is not None
+
+    @property
+    def is_eval(self) -> bool:
+        """A ``metalab-eval`` of a checkpoint: a second look at a training run's weights,
+        never a further seed of it."""
+        return self.checkpoint is not None
+
+    @property
+    def source(self) -> Path | None:
+        """The training run whose checkpoint an evaluation tested (``<run>/checkpoints/x.ckpt``
+        -> ``<run>``); None for a training run or a checkpoint kept elsewhere."""
+        if self.checkpoint is None or self.checkpoint.parent.name != "checkpoints":
+            return None
+        return self.checkpoint.parent.parent
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -114,9 +135,21 @@ def _csv_number(path: Path, row: dict[str, str], column: str) -> float:
         raise MalformedRun(f"{path}: {column}={_shown(row[column])} is not a number") from None
 
 
+def validation_step(logged: float) -> int:
+    """The outer steps done when a validation ran, from the ``step`` Lightning logged it at.
+
+    Lightning runs the validation that follows the N-th outer step before it counts that
+    step for its loggers, so metrics.csv has it at ``step`` N-1 (a run with
+    ``trainer.max_steps=4 trainer.val_check_interval=2`` logs its validations at steps 1
+    and 3, after 2 and 4 outer steps; tests/test_compare_report.py checks it on a real run).
+    """
+    return int(logged) + 1
+
+
 def read_curve(metrics_csv: Path | list[Path], metric: str) -> list[tuple[int, float]]:
-    """The validation metric over training steps from Lightning's CSV logger; from several
-    files (a resumed run's attempts, oldest first), a step logged again keeps its last value."""
+    """The validation metric by outer steps done (validation_step) from Lightning's CSV
+    logger; from several files (a resumed run's attempts, oldest first), a step logged again
+    keeps its last value."""
     column = f"val/{metric}"
     curve: dict[int, float] = {}
     for path in [metrics_csv] if isinstance(metrics_csv, Path) else metrics_csv:
@@ -124,12 +157,14 @@ def read_curve(metrics_csv: Path | list[Path], metric: str) -> list[tuple[int, f
             continue
         for row in _csv_rows(path):
             if row.get(column) not in (None, "") and row.get("step") not in (None, ""):
-                curve[int(_csv_number(path, row, "step"))] = _csv_number(path, row, column)
+                step = validation_step(_csv_number(path, row, "step"))
+                curve[step] = _csv_number(path, row, column)
     return sorted(curve.items())
 
 
 def read_clock(metrics_csv: Path | list[Path]) -> dict[int, tuple[float, float | None]]:
-    """``time/cpu_seconds`` and ``time/wall_seconds`` by step, from one file or a resumed
+    """``time/cpu_seconds`` and ``time/wall_seconds`` by outer steps done (they are logged
+    with each validation, validation_step), from one file or a resumed
     run's files oldest first. A step logged twice (a resumed run validating again where an
     interrupted attempt had) keeps its last row, as the curve does."""
     clock: dict[int, tuple[float, float | None]] = {}
@@ -141,7 +176,7 @@ def read_clock(metrics_csv: Path | list[Path]) -> dict[int, tuple[float, float |
                 continue
             wall = row.get("time/wall_seconds")
             wall_value = _csv_number(path, row, "time/wall_seconds") if wall else None
-            step = int(_csv_number(path, row, "step"))
+            step = validation_step(_csv_number(path, row, "step"))
             clock[step] = (_csv_number(path, row, "time/cpu_seconds"), wall_value)
     return clock
 
@@ -185,6 +220,10 @@ def _run_of(run_dir: Path, results: dict[str, Any]) -> Run:
         status=status,
         config=read_config(run_dir, results),
         error=results.get("error"),
+        checkpoint=_path(results, "checkpoint"),
+        commit=_typed(results, "git_commit", str, "text"),
+        version=_typed(results, "metalab_version", str, "text"),
+        finished=_mtime(run_dir / "results.json"),
     )
     metrics = _typed(results, "metrics", dict, "an object") or {}
     tests = {k: v for k, v in metrics.items() if k.startswith("test/")}
@@ -197,6 +236,7 @@ def _run_of(run_dir: Path, results: dict[str, Any]) -> Run:
     run.test_mean = _number(summary, "mean", f"metrics.{key}.")
     run.test_ci95 = _number(summary, "ci95", f"metrics.{key}.")
     run.test_tasks = _typed(summary, "tasks", int, "a whole number", f"metrics.{key}.")
+    run.per_step = _per_step(summary.get("per_step"), f"metrics.{key}.per_step")
     run.val_best = _number(metrics, f"val/{run.metric}_best", "metrics.")
     run.protocol = dict(_typed(results, "protocol", dict, "an object") or {})
     run.train = _numbers(results, "train", ("steps", "seconds", "cpu_seconds", "wall_seconds"))
@@ -235,6 +275,35 @@ def _numbers(results: dict[str, Any], key: str, names: tuple[str, ...]) -> dict[
     for name in names:
         _typed(section, name, (int, float), "a number", f"{key}.")
     return dict(section)
+
+
+def _per_step(value: Any, where: str) -> list[tuple[int, float, float | None]]:
+    """``per_step`` of a test summary: a list of {step, mean, ci95}, in step order; absent in
+    results written before metalab recorded the adaptation curve."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
+        raise _Invalid(f"{where} is {_shown(value)}, not a list of {{step, mean, ci95}}")
+    points = []
+    for index, point in enumerate(value):
+        step = _typed(point, "step", int, "a whole number", f"{where}[{index}].")
+        mean = _number(point, "mean", f"{where}[{index}].")
+        if step is None or mean is None:
+            continue  # a NaN step (a diverged run): no point to draw
+        points.append((step, mean, _number(point, "ci95", f"{where}[{index}].")))
+    return sorted(points)
+
+
+def _path(results: dict[str, Any], key: str) -> Path | None:
+    value = _typed(results, key, str, "a path")
+    return Path(value) if value else None
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -24,14 +24,19 @@ class Row:
     def as_dict(self) -> dict[str, Any]:
         """Flat, stable columns for CSV and Markdown."""
         p = self.published
-        record: dict[str, Any] = {"group": self.group.label}
-        record.update({k: v for k, v in self.group.key.items()})
+        group = self.group
+        record: dict[str, Any] = {"group": group.label}
+        record.update({k: v for k, v in group.key.items()})
         record.update(
+            kind="eval" if group.evaluation is not None else "train",
+            evaluation=group.evaluation,
+            evaluated_group=group.source.label if group.source else None,
             metric=f"test/{self.metric}",
             unit=self.unit,
-            runs=len(self.group.runs),
-            failed=len(self.group.failed),
-            seeds=" ".join(str(s) for s in self.group.seeds),
+            runs=len(group.runs),
+            failed=len(group.failed),
+            seeds=" ".join(str(s) for s in group.seeds),
+            repeated_evaluations=len(group.repeats),
             test_mean=self.test_mean,
             test_ci95=self.test_ci95,
             val_best_mean=self.val_best_mean,

@@ -10,7 +10,6 @@ they show empty cells, never 0 and never "not reached".
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,14 @@ from rich.table import Table
 from metalab.compare.groups import Group
 from metalab.compare.load import Run
 from metalab.compare.rows import Row
-from metalab.compare.tables import write_records
+from metalab.compare.tables import (
+    fmt_seconds,
+    markdown_table,
+    mean_of,
+    relative,
+    steps_text,
+    write_records,
+)
 
 DEFAULT_ACC_THRESHOLDS = (0.90, 0.95, 0.97)
 NOT_REACHED = "—"
@@ -75,6 +81,11 @@ def parse_thresholds(text: str | None, metric: str) -> list[Threshold]:
     return [Threshold(metric, v) for v in values]
 
 
+def training(rows: list[Row]) -> list[Row]:
+    """The rows of training runs: an evaluation of a checkpoint has no training time."""
+    return [row for row in rows if row.group.evaluation is None]
+
+
 def timed(run: Run) -> bool:
     """Whether the run logged its training time at its validations."""
     return bool(run.clock)
@@ -98,22 +109,6 @@ def first_reached(run: Run, threshold: Threshold) -> Reached | None:
     return None
 
 
-def mean_of(values: list[Any]) -> float | None:
-    numbers = [float(v) for v in values if v is not None]
-    return statistics.fmean(numbers) if numbers else None
-
-
-def fmt_seconds(seconds: float | None) -> str:
-    """Seconds as a person reads a budget: 85.3 s, 12.5 min, 1.95 h."""
-    if seconds is None:
-        return ""
-    if seconds < 1000:
-        return f"{seconds:.3g} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
-
-
 def hardware_text(hardware: dict[str, Any]) -> str:
     """``AMD EPYC, 2 cores, 1 torch thread`` or ``NVIDIA H200 x1 (host: ...)``."""
     if not hardware:
@@ -130,13 +125,6 @@ def hardware_text(hardware: dict[str, Any]) -> str:
 def group_hardware(group: Group) -> str:
     texts = dict.fromkeys(hardware_text(run.hardware) for run in group.runs)
     return "; ".join(t for t in texts if t)
-
-
-def steps_text(group: Group) -> str:
-    steps = sorted({int(run.train["steps"]) for run in group.runs if "steps" in run.train})
-    if not steps:
-        return ""
-    return str(steps[0]) if len(steps) == 1 else f"{steps[0]}–{steps[-1]}"
 
 
 @dataclass(frozen=True)
@@ -211,7 +199,7 @@ def group_table(rows: list[Row], thresholds: list[Threshold]) -> tuple[list[str]
     header = ["group", "steps", "train CPU", "train wall", "test CPU (wall)", "hardware"]
     header += [f"to {t.label}" for t in thresholds]
     cells = []
-    for row in rows:
+    for row in training(rows):
         runs = row.group.runs
         gpu = any(on_gpu(run) for run in runs)
         wall = mean_of([run.train.get("wall_seconds") for run in runs])
@@ -253,7 +241,7 @@ def run_table(rows: list[Row], thresholds: list[Threshold]) -> tuple[list[str], 
     header = ["group", "seed", "steps", "train CPU", "train wall"]
     header += [f"to {t.label}" for t in thresholds]
     cells = []
-    for row in rows:
+    for row in training(rows):
         for run in row.group.runs:
             wall = run.train.get("wall_seconds")
             cells.append(
@@ -269,8 +257,11 @@ def run_table(rows: list[Row], thresholds: list[Threshold]) -> tuple[list[str], 
     return header, cells
 
 
-def run_record(label: str, run: Run, thresholds: list[Threshold]) -> dict[str, Any]:
-    """One line of time_to_accuracy.csv: the run's budget and its first crossings."""
+def run_record(
+    label: str, run: Run, thresholds: list[Threshold], base: Path
+) -> dict[str, Any]:
+    """One line of time_to_accuracy.csv: the run's budget and its first crossings (steps:
+    outer steps done, load.validation_step), its folder relative to ``base``."""
     record: dict[str, Any] = {
         "group": label,
         "seed": run.config.get("seed"),
@@ -290,22 +281,16 @@ def run_record(label: str, run: Run, thresholds: list[Threshold]) -> dict[str, A
         record[f"step_to_{threshold.key}"] = hit.step if hit else None
         record[f"cpu_seconds_to_{threshold.key}"] = hit.cpu_seconds if hit else None
         record[f"wall_seconds_to_{threshold.key}"] = hit.wall_seconds if hit else None
-    record["path"] = str(run.path)
+    record["path"] = relative(run.path, base)
     return record
 
 
 def write_runs_time_csv(rows: list[Row], thresholds: list[Threshold], path: Path) -> None:
     """time_to_accuracy.csv: one line per completed run (empty cells: not reached, or no
     time logged, as ``reached_*`` tells)."""
-    records = [run_record(row.group.label, run, thresholds) for row in rows
-               for run in row.group.runs]  # fmt: skip
+    records = [run_record(row.group.label, run, thresholds, path.parent)
+               for row in training(rows) for run in row.group.runs]  # fmt: skip
     write_records(records, path)
-
-
-def markdown_table(header: list[str], cells: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |"
-                    for line in cells]  # fmt: skip
 
 
 def append_markdown(rows: list[Row], thresholds: list[Threshold], path: Path) -> None:
@@ -320,6 +305,7 @@ def append_markdown(rows: list[Row], thresholds: list[Threshold], path: Path) ->
 
 def print_time_table(rows: list[Row], thresholds: list[Threshold], console: Console) -> None:
     """A compact terminal view: steps, training CPU and CPU seconds to each threshold."""
+    rows = training(rows)
     if not any(timed(run) for row in rows for run in row.group.runs):
         return
     table = Table(title="time to accuracy: training CPU seconds (mean over seeds)")

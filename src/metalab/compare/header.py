@@ -1,0 +1,148 @@
+"""What a reader needs before the numbers: the setting the runs were tested in, their
+budget, when they ran and which code ran them, and where they are (paths relative to the
+report, so the report and the runs can be moved or shared together)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from metalab.compare.groups import Group, protocol_text, value_text
+from metalab.compare.load import Run
+from metalab.compare.tables import fmt_seconds, mean_of
+from metalab.compare.timing import hardware_text
+
+PATHS_NOTE = ("Paths", "relative to this report's folder")
+
+
+def setting_text(run: Run) -> str:
+    """``omniglot 5-way 1-shot, 15 queries per class, 600 test tasks``: the test setting
+    (inner steps belong to the algorithm, not the setting)."""
+    protocol = run.protocol
+    dataset = protocol.get("dataset") or run.config.get("dataset.name") or "?"
+    parts = [f"{dataset} {protocol_text(protocol)}"]
+    if protocol.get("queries") is not None:
+        unit = " per class" if protocol.get("ways") is not None else " points"
+        parts.append(f"{protocol['queries']} queries{unit}")
+    tasks = protocol.get("tasks", run.test_tasks)
+    if tasks is not None:
+        parts.append(f"{tasks} {protocol.get('split', 'test')} tasks")
+    return ", ".join(parts)
+
+
+def counted(texts: list[str]) -> str:
+    """Distinct texts in first-seen order, each with its count when they are not all one."""
+    counts = Counter(texts)
+    if len(counts) == 1:
+        return texts[0]
+    return "; ".join(f"{text} ({n} run{'s' if n != 1 else ''})" for text, n in counts.items())
+
+
+def span(values: list[Any]) -> str:
+    numbers = sorted({int(v) for v in values if v is not None})
+    if not numbers:
+        return ""
+    return f"{numbers[0]:,}" if len(numbers) == 1 else f"{numbers[0]:,}–{numbers[-1]:,}"
+
+
+def budget_text(runs: list[Run]) -> str:
+    """Outer steps per run, how often they validated, the CPU time per run and in all, and
+    the CPU cap the runs were given."""
+    parts = []
+    steps = span([run.train.get("steps") for run in runs])
+    if steps:
+        parts.append(f"{steps} outer steps per run")
+    every = span([run.config.get("trainer.val_check_interval") for run in runs
+                  if isinstance(run.config.get("trainer.val_check_interval"), int)])  # fmt: skip
+    if every:
+        parts.append(f"validation every {every} steps")
+    cpu = [run.train.get("cpu_seconds") for run in runs]
+    per_run = mean_of(cpu)
+    if per_run is not None:
+        total = sum(float(c) for c in cpu if c is not None)
+        parts.append(f"training {fmt_seconds(per_run)} CPU per run ({fmt_seconds(total)} in all)")
+    caps = {run.config.get("trainer.max_cpu_seconds") for run in runs} - {None}
+    if caps:
+        parts.append("cap " + " / ".join(fmt_seconds(float(c)) for c in sorted(caps)) + " CPU")
+    return ", ".join(parts) or "not recorded (runs older than metalab's time logging)"
+
+
+def when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(seconds))
+
+
+def date_text(runs: list[Run], now: float) -> str:
+    finished = sorted(run.finished for run in runs if run.finished is not None)
+    text = f"report written {when(now)}"
+    if finished:
+        first, last = when(finished[0]), when(finished[-1])
+        text += f"; runs finished {first}" + (f" to {last}" if last != first else "")
+    return text
+
+
+def commit_text(runs: list[Run]) -> str:
+    """``metalab 0.1.0 at a30b4e9``, or each commit with its number of runs."""
+    commits = Counter((run.commit or "")[:7] or "unknown" for run in runs)
+    versions = sorted({run.version for run in runs} - {None})
+    prefix = f"metalab {', '.join(versions)} " if versions else ""
+    if len(commits) == 1:
+        (commit,) = commits
+        return prefix + (f"at {commit}" if commit != "unknown" else "(commit not recorded)")
+    return prefix + f"from {len(commits)} commits: " + ", ".join(
+        f"{commit} ({n} run{'s' if n != 1 else ''})" for commit, n in commits.most_common()
+    )
+
+
+def runs_text(groups: list[Group], skipped: int) -> str:
+    trained = [g for g in groups if g.evaluation is None]
+    evaluated = [g for g in groups if g.evaluation is not None]
+    runs = [run for g in trained for run in g.runs]
+    seeds = sorted({value_text(s) for s in (run.config.get("seed") for run in runs)})
+    text = f"{len(runs)} training run{'s' if len(runs) != 1 else ''} in {len(trained)} group"
+    text += ("s" if len(trained) != 1 else "") + (f" (seeds {' '.join(seeds)})" if seeds else "")
+    checks = sum(len(g.runs) + len(g.repeats) for g in evaluated)
+    if checks:
+        text += (f"; {checks} metalab-eval result{'s' if checks != 1 else ''} of their "
+                 "checkpoints, shown under the runs they tested, not as seeds")  # fmt: skip
+    failed = sum(len(g.failed) for g in groups)
+    if failed:
+        text += f"; {failed} not completed (kept out of the means)"
+    if skipped:
+        text += f"; {skipped} malformed, skipped"
+    return text
+
+
+def report_header(
+    groups: list[Group], skipped: int = 0, now: float | None = None
+) -> list[tuple[str, str]]:
+    """(field, text) lines shown above every form of the table; the files add where their
+    paths are relative to (PATHS_NOTE)."""
+    trained = [run for g in groups if g.evaluation is None for run in g.runs]
+    evaluations = [run for g in groups if g.evaluation is not None for run in g.runs]
+    everything = [run for g in groups for run in g.runs + g.failed + g.repeats]
+    lines = [("Setting", counted([setting_text(run) for run in trained]) if trained else "")]
+    if evaluations:
+        lines.append(("Evaluations", counted([setting_text(run) for run in evaluations])))
+    lines.append(("Budget", budget_text(trained)))
+    hardware = [hardware_text(run.hardware) for run in trained if run.hardware]
+    if hardware:
+        lines.append(("Hardware", counted(hardware)))
+    lines += [
+        ("Runs", runs_text(groups, skipped)),
+        ("Date", date_text(everything, time.time() if now is None else now)),
+        ("Code", commit_text(everything)),
+    ]
+    return [(field, text) for field, text in lines if text]
+
+
+def title(groups: list[Group]) -> str:
+    """``metalab-compare: omniglot 5-way 1-shot`` when the training runs share one setting."""
+    settings = {
+        f"{run.protocol.get('dataset') or run.config.get('dataset.name')} "
+        f"{protocol_text(run.protocol)}"
+        for g in groups
+        if g.evaluation is None
+        for run in g.runs
+    }
+    return "metalab-compare" + (f": {settings.pop()}" if len(settings) == 1 else "")
