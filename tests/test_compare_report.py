@@ -189,6 +189,38 @@ def test_evaluating_a_checkpoint_twice_counts_it_once(lab, tmp_path):
     assert sorted(statuses) == ["completed", "completed", "repeated (not counted)"]
 
 
+def test_evaluations_compared_alone_are_grouped_by_checkpoint_and_protocol(lab, tmp_path):
+    maml = lab / "sweep" / "0_maml_seed0"
+    evaluated(lab / "evals", maml, "maml_again_later", CURVES["maml"][0])  # a repeat
+    evaluated(lab / "evals", maml, "maml_10_steps", [0.2, 0.8, 0.9, 0.93], inner_steps=10)
+    out = tmp_path / "out"
+    assert main([str(lab / "evals"), "--out", str(out)]) == 0
+    rows = {row["group"]: row for row in csv_rows(out / "comparison.csv")}
+    assert set(rows) == {
+        "maml, eval of best.ckpt (5-way 1-shot, inner_steps=3)",
+        "maml, eval of best.ckpt (5-way 1-shot, inner_steps=10)",
+        "protonet, eval of best.ckpt (20-way 1-shot, inner_steps=0)",
+    }
+    again = rows["maml, eval of best.ckpt (5-way 1-shot, inner_steps=3)"]
+    assert again["runs"] == "1" and again["repeated_evaluations"] == "1"
+    assert float(again["test_ci95"]) == pytest.approx(1.5)  # not ± 0 over "2 runs"
+    lines = (out / "comparison.md").read_text().splitlines()
+    assert lines[0] == "# metalab-compare"  # two settings: 5-way and 20-way
+    assert "- **Runs**: 4 metalab-eval results of 2 checkpoints" in lines
+
+
+def test_a_moved_sweep_keeps_its_evaluations_under_its_runs(lab, tmp_path):
+    """Runs copied from elsewhere: the checkpoint paths the evaluations recorded no longer
+    exist, the run is found by its folder name and seed."""
+    moved = tmp_path / "copied" / "sweep"
+    shutil.move(lab / "sweep", moved)
+    out = tmp_path / "out"
+    assert main([str(moved), str(lab / "evals"), "--out", str(out)]) == 0
+    groups = [row["group"] for row in csv_rows(out / "comparison.csv")]
+    assert groups[:2] == ["maml", "maml, eval of best.ckpt (same protocol)"]
+    assert groups[-1] == "protonet, eval of best.ckpt (ways=20)"
+
+
 def test_the_header_names_setting_budget_date_and_commit(report):
     markdown = (report / "comparison.md").read_text()
     lines = markdown.splitlines()
@@ -198,8 +230,8 @@ def test_the_header_names_setting_budget_date_and_commit(report):
     assert header["Setting"].startswith("omniglot 5-way 1-shot, 15 queries per class, 600 test")
     assert header["Setting"] == "omniglot 5-way 1-shot, 15 queries per class, 600 test tasks"
     assert header["Evaluations"] == (
-        "omniglot 5-way 1-shot, 15 queries per class, 600 test tasks (1 run); "
-        "omniglot 20-way 1-shot, 15 queries per class, 600 test tasks (1 run)"
+        "omniglot 5-way 1-shot, 15 queries per class, 600 test tasks (1 evaluation); "
+        "omniglot 20-way 1-shot, 15 queries per class, 600 test tasks (1 evaluation)"
     )
     cpu = statistics.fmean([100.0 + s for c in CURVES.values() for s in range(len(c))])
     assert header["Budget"].startswith(
@@ -402,7 +434,9 @@ def test_a_real_run_and_its_evaluation(tmp_path):
     assert "1 runs (0 not completed) in 1 groups, 1 evaluations" in " ".join(out.stdout.split())
     rows = csv_rows(tmp_path / "report" / "comparison.csv")
     assert [(r["group"], r["kind"], r["runs"]) for r in rows] == [
-        ("maml", "train", "1"), ("maml, eval of best.ckpt (same protocol)", "eval", "1")]
+        ("maml", "train", "1"),
+        ("maml, eval of best.ckpt (same protocol)", "eval", "1"),
+    ]
     results = read_results(run_dir)
     assert float(rows[0]["test_mean"]) == results["metrics"]["test/mse"]["mean"]
     assert float(rows[1]["test_mean"]) == read_results(tmp_path / "eval")["metrics"][

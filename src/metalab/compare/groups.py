@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from metalab.compare.load import Run
@@ -190,13 +190,27 @@ def protocol_text(protocol: dict[str, Any]) -> str:
     return text or "protocol unknown"
 
 
-def evaluation_text(run: Run, source: Run | None) -> str:
+# What metalab-eval sets in the config it records (evaluate.training_config): the protocol
+# of the evaluation, which its label says, not a setting of the run it tested.
+EVAL_OVERRIDES = (
+    "dataset.test_ways",
+    "dataset.test_shots",
+    "dataset.test_queries",
+    "algorithm.eval_inner_steps",
+    "algorithm.eval_inner_lr",
+    "eval.tasks",
+)
+
+
+def evaluation_text(run: Run, source: Run | None, varying: Sequence[str] = ()) -> str:
     """What an evaluation tested: the checkpoint, and how its protocol differs from the one
     the training run was tested with (``best.ckpt (ways=20)``, ``best.ckpt (same
-    protocol)``); without the training run, the protocol itself."""
+    protocol)``); without the training run, the protocol itself and the ``varying`` keys of
+    the protocol that tell such evaluations apart."""
     assert run.checkpoint is not None
     if source is None or not source.protocol:
-        return f"{run.checkpoint.name} ({protocol_text(run.protocol)})"
+        extra = [f"{key}={value_text(run.protocol.get(key))}" for key in varying]
+        return f"{run.checkpoint.name} ({', '.join([protocol_text(run.protocol), *extra])})"
     changed = [f"{key}={value_text(value)}" for key, value in run.protocol.items()
                if key != "dataset" and source.protocol.get(key) != value]  # fmt: skip
     return f"{run.checkpoint.name} ({', '.join(changed) or 'same protocol'})"
@@ -210,8 +224,11 @@ def group_runs(
     evaluations of checkpoints not among the runs come last. Only training runs decide the
     keys: an evaluation's test-time overrides (dataset.test_ways=20) split no training
     group, and it is never counted as a seed of its run."""
-    training = [run for run in runs if not run.is_eval] or runs
-    keys = by if by else drop_redundant(differing_keys(training, extra_ignored), training)
+    training = [run for run in runs if not run.is_eval]
+    evaluations = [run for run in runs if run.is_eval]
+    decide, ignore = (training, extra_ignored) if training else (evaluations, (
+        *extra_ignored, *EVAL_OVERRIDES))  # fmt: skip
+    keys = by if by else drop_redundant(differing_keys(decide, ignore), decide)
     groups: dict[tuple, Group] = {}
     for run in training:
         values = {key: run.config.get(key) for key in keys}
@@ -219,25 +236,39 @@ def group_runs(
         (group.runs if run.completed else group.failed).append(run)
     trained = list(groups.values())
     name_groups(trained)
-    if training is runs:  # only evaluations: each is compared as the run it is
-        return trained
-    return group_evaluations(trained, [run for run in runs if run.is_eval], keys)
+    return group_evaluations(trained, evaluations, keys)
+
+
+def source_of(run: Run, trained: list[Group]) -> tuple[Group | None, Run | None]:
+    """The group and training run whose checkpoint ``run`` evaluated: the run at the
+    checkpoint's folder, or, for runs moved since (copied from a cluster), the one run of
+    that folder name with the same seed."""
+    if run.source is None:
+        return None, None
+    candidates = [(group, r) for group in trained for r in group.runs + group.failed]
+    for group, candidate in candidates:
+        if candidate.path.resolve() == run.source.resolve():
+            return group, candidate
+    moved = [(group, r) for group, r in candidates if r.path.name == run.source.name
+             and r.config.get("seed") == run.config.get("seed")]  # fmt: skip
+    return moved[0] if len(moved) == 1 else (None, None)
 
 
 def group_evaluations(trained: list[Group], evaluations: list[Run], keys: list[str]) -> list[Group]:
     """``trained`` with, after each group, the groups of its checkpoints' evaluations: one
     per protocol, each checkpoint counted once (its latest evaluation; earlier ones go to
     ``repeats``). An evaluation whose run is not compared is grouped by its config's
-    ``keys`` and listed at the end."""
-    owner = {run.path.resolve(): (group, run) for group in trained
-             for run in group.runs + group.failed}  # fmt: skip
+    ``keys`` and its protocol, and listed at the end."""
+    sources = {id(run): source_of(run, trained) for run in evaluations}
+    alone = [run for run in evaluations if sources[id(run)][0] is None]
+    varying = [key for key in dict.fromkeys(k for run in alone for k in run.protocol)
+               if key not in ("dataset", "ways", "shots", "split")
+               and len({repr(run.protocol.get(key)) for run in alone}) > 1]  # fmt: skip
     found: dict[tuple, Group] = {}
     names = short_names(keys)
     for run in evaluations:
-        source_group, source_run = owner.get(
-            run.source.resolve() if run.source else Path(), (None, None)
-        )
-        what = evaluation_text(run, source_run)
+        source_group, source_run = sources[id(run)]
+        what = evaluation_text(run, source_run, varying)
         values = dict(source_group.key) if source_group else {k: run.config.get(k) for k in keys}
         ident = (id(source_group), tuple(map(repr, values.values())), what)
         if ident not in found:

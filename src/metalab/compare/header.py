@@ -23,20 +23,22 @@ def setting_text(run: Run) -> str:
     dataset = protocol.get("dataset") or run.config.get("dataset.name") or "?"
     parts = [f"{dataset} {protocol_text(protocol)}"]
     if protocol.get("queries") is not None:
-        unit = " per class" if protocol.get("ways") is not None else " points"
-        parts.append(f"{protocol['queries']} queries{unit}")
+        if protocol.get("ways") is not None:
+            parts.append(f"{protocol['queries']} queries per class")
+        else:
+            parts.append(f"{protocol['queries']} query points")
     tasks = protocol.get("tasks", run.test_tasks)
     if tasks is not None:
         parts.append(f"{tasks} {protocol.get('split', 'test')} tasks")
     return ", ".join(parts)
 
 
-def counted(texts: list[str]) -> str:
+def counted(texts: list[str], noun: str = "run") -> str:
     """Distinct texts in first-seen order, each with its count when they are not all one."""
     counts = Counter(texts)
     if len(counts) == 1:
         return texts[0]
-    return "; ".join(f"{text} ({n} run{'s' if n != 1 else ''})" for text, n in counts.items())
+    return "; ".join(f"{text} ({plural(n, noun)})" for text, n in counts.items())
 
 
 def span(values: list[Any]) -> str:
@@ -89,28 +91,46 @@ def commit_text(runs: list[Run]) -> str:
     if len(commits) == 1:
         (commit,) = commits
         return prefix + (f"at {commit}" if commit != "unknown" else "(commit not recorded)")
-    return prefix + f"from {len(commits)} commits: " + ", ".join(
-        f"{commit} ({n} run{'s' if n != 1 else ''})" for commit, n in commits.most_common()
+    return (
+        prefix
+        + f"from {len(commits)} commits: "
+        + ", ".join(
+            f"{commit} ({n} run{'s' if n != 1 else ''})" for commit, n in commits.most_common()
+        )
     )
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
 def runs_text(groups: list[Group], skipped: int) -> str:
+    """``8 training runs in 3 groups (seeds 0 1 2); 2 metalab-eval results ...``."""
     trained = [g for g in groups if g.evaluation is None]
     evaluated = [g for g in groups if g.evaluation is not None]
     runs = [run for g in trained for run in g.runs]
-    seeds = sorted({value_text(s) for s in (run.config.get("seed") for run in runs)})
-    text = f"{len(runs)} training run{'s' if len(runs) != 1 else ''} in {len(trained)} group"
-    text += ("s" if len(trained) != 1 else "") + (f" (seeds {' '.join(seeds)})" if seeds else "")
+    seeds = sorted(
+        {run.config.get("seed") for run in runs} - {None}, key=lambda s: (str(type(s)), s)
+    )
+    parts = []
+    if trained:
+        seen = f" (seeds {' '.join(map(value_text, seeds))})" if seeds else ""
+        parts.append(
+            f"{plural(len(runs), 'training run')} in {plural(len(trained), 'group')}{seen}"
+        )
     checks = sum(len(g.runs) + len(g.repeats) for g in evaluated)
     if checks:
-        text += (f"; {checks} metalab-eval result{'s' if checks != 1 else ''} of their "
-                 "checkpoints, shown under the runs they tested, not as seeds")  # fmt: skip
+        checkpoints = len({str(run.checkpoint) for g in evaluated for run in g.runs})
+        parts.append(
+            f"{plural(checks, 'metalab-eval result')} of {plural(checkpoints, 'checkpoint')}"
+            + (", shown under the runs they tested, not as seeds" if trained else "")
+        )
     failed = sum(len(g.failed) for g in groups)
     if failed:
-        text += f"; {failed} not completed (kept out of the means)"
+        parts.append(f"{failed} not completed (kept out of the means)")
     if skipped:
-        text += f"; {skipped} malformed, skipped"
-    return text
+        parts.append(f"{skipped} malformed, skipped")
+    return "; ".join(parts)
 
 
 def report_header(
@@ -123,7 +143,9 @@ def report_header(
     everything = [run for g in groups for run in g.runs + g.failed + g.repeats]
     lines = [("Setting", counted([setting_text(run) for run in trained]) if trained else "")]
     if evaluations:
-        lines.append(("Evaluations", counted([setting_text(run) for run in evaluations])))
+        lines.append(
+            ("Evaluations", counted([setting_text(run) for run in evaluations], "evaluation"))
+        )
     lines.append(("Budget", budget_text(trained)))
     hardware = [hardware_text(run.hardware) for run in trained if run.hardware]
     if hardware:
@@ -137,12 +159,13 @@ def report_header(
 
 
 def title(groups: list[Group]) -> str:
-    """``metalab-compare: omniglot 5-way 1-shot`` when the training runs share one setting."""
+    """``metalab-compare: omniglot 5-way 1-shot`` when the training runs (or, without any,
+    the evaluations) share one setting."""
+    trained = [g for g in groups if g.evaluation is None and g.runs] or groups
     settings = {
         f"{run.protocol.get('dataset') or run.config.get('dataset.name')} "
         f"{protocol_text(run.protocol)}"
-        for g in groups
-        if g.evaluation is None
+        for g in trained
         for run in g.runs
     }
     return "metalab-compare" + (f": {settings.pop()}" if len(settings) == 1 else "")

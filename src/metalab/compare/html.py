@@ -77,7 +77,7 @@ def write_html(
     )
     base = path.parent
     listed = "".join(
-        f'<li><a href="{esc(quote(relative(s / "results.json", base)))}">'
+        f'<li><a href="{esc(quote(relative(s / "results.json", base), safe="/,="))}">'
         f"{esc(relative(s, base))}</a></li>"
         for s in sources
     )

@@ -218,7 +218,8 @@ def figure_test_vs_published(rows: list[Row]) -> Figure:
     for bars, colour in drawn:
         label_bars(ax, bars, colour)
     ax.set_ylabel(f"test {unit_label(metric)}")
-    ax.set_title("test metric, mean ± 95% CI (red: outside the published CI)", fontsize=10)
+    flagged = " (red: outside the published CI)" if OUTSIDE in kinds else ""
+    ax.set_title(f"test {metric}, mean ± 95% CI{flagged}", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(handles=legend_handles(kinds), fontsize=8, loc="upper left",
               bbox_to_anchor=(1.01, 1.0))  # fmt: skip
@@ -249,11 +250,22 @@ def legend_handles(kinds: set[str]) -> list[Patch]:
     entries = [
         (OURS, Patch(facecolor=OURS, label="metalab")),
         (OUTSIDE, Patch(facecolor=OUTSIDE, label="metalab, outside the published CI")),
-        ("eval", Patch(facecolor="white", edgecolor="black", hatch=EVAL_HATCH,
-                       label="metalab-eval of the runs' checkpoints")),  # fmt: skip
+        (
+            "eval",
+            Patch(
+                facecolor="white",
+                edgecolor="black",
+                hatch=EVAL_HATCH,
+                label="metalab-eval of the runs' checkpoints",
+            ),
+        ),  # fmt: skip
         (PUBLISHED, Patch(facecolor=PUBLISHED, label="published (same method)")),
-        (OTHERS, Patch(facecolor=OTHERS, edgecolor="gray", hatch="..",
-                       label="published (other methods)")),  # fmt: skip
+        (
+            OTHERS,
+            Patch(
+                facecolor=OTHERS, edgecolor="gray", hatch="..", label="published (other methods)"
+            ),
+        ),  # fmt: skip
     ]
     return [patch for kind, patch in entries if kind in kinds]
 

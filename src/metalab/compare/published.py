@@ -216,8 +216,8 @@ def others(dataset: str, ways: int | None, shots: int, exclude: Iterable[str] = 
     ]
 
 
-# Kept for plots.py until it calls others(): the Omniglot settings' entries, derived from the
-# one table (no numbers of its own).
+# The Omniglot settings' entries, derived from the one table (no numbers of its own); plots.py
+# calls others() itself, leaving out the methods it already shows.
 CONTEXT: dict[tuple[int, int], list[Published]] = {
     setting: others("omniglot", *setting) for setting in OMNIGLOT_SETTINGS
 }

@@ -87,9 +87,7 @@ def runs_text(group: Group) -> str:
     return text
 
 
-def display_rows(
-    rows: list[Row], sources: bool = True
-) -> tuple[list[str], list[list[str]]]:
+def display_rows(rows: list[Row], sources: bool = True) -> tuple[list[str], list[list[str]]]:
     """Header and cells shared by the terminal, Markdown and HTML tables; ``sources=False``
     (the terminal) names the paper's method without its citation, which the files keep.
     An evaluation row follows the row of the runs whose checkpoints it tested, its label
