@@ -210,7 +210,7 @@ def test_true_still_means_crop_and_flip(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.parametrize("value", ["kock", "affine", "1", "yes"])
 def test_a_bad_augment_value_is_refused_naming_the_choices(value: str) -> None:
     cfg = compose_train("experiment=siamese_omniglot_5w1s", f"dataset.augment={value}")
-    choices = r"expected one of false, true, crop_flip, koch \(true = crop_flip"
+    choices = r"expected one of false, true, crop_flip, crop_flip_jitter, crop, flip, jitter, koch"
     with pytest.raises(
         ConfigError, match=rf"^dataset\.augment=.*: it is not one of the choices; {choices}"
     ):

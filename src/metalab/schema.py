@@ -124,9 +124,9 @@ TRAIN: dict[str, Spec] = {
     "dataset.download": BOOL,
     "dataset.augment": Spec(
         "choice",
-        choices=(False, True, "crop_flip", "koch"),
-        hint="true = crop_flip: random crop + horizontal flip; koch: Koch et al.'s affine "
-        "distortions",
+        choices=(False, True, "crop_flip", "crop_flip_jitter", "crop", "flip", "jitter", "koch"),
+        hint="true = crop_flip: random crop + horizontal flip; crop_flip_jitter adds colour "
+        "jitter; koch: Koch et al.'s affine distortions",
     ),
     "dataset.split_seed": SEED,
     "dataset.image_size": _int(1, 4096),
@@ -142,6 +142,9 @@ TRAIN: dict[str, Spec] = {
     "dataset.test_ways": _int(1),
     "dataset.test_shots": _int(1),
     "dataset.test_queries": _int(1),
+    "dataset.jitter.brightness": Spec("float", minimum=0, maximum=100),
+    "dataset.jitter.contrast": Spec("float", minimum=0, maximum=100),
+    "dataset.jitter.saturation": Spec("float", minimum=0, maximum=100),
     "dataset.affine.probability": _unit(),
     "dataset.affine.rotation": Spec("float", minimum=0, maximum=180),
     "dataset.affine.shear": Spec("float", minimum=0, maximum=0.999),  # a shear of 1 folds
