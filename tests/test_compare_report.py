@@ -401,6 +401,8 @@ def test_the_page_renders_in_headless_chromium(report, tmp_path):
     assert re.search(r'data-rows="5 eval=2"', dom)
     height, fields = re.search(r'data-header="([\d.]+) ([^"]*)"', dom).groups()
     assert float(height) > 50
+    wide, window = map(int, re.search(r'data-wide="(\d+) (\d+)"', dom).groups())
+    assert wide <= window  # tables and plots fit the window: no sideways scrolling
     assert fields.split(",") == ["Setting", "Evaluations", "Budget", "Hardware", "Runs",
                                  "Date", "Code", "Paths"]  # fmt: skip
     shot = report / "page.png"
