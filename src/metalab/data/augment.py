@@ -40,11 +40,13 @@ def crop_with(images: torch.Tensor, padding: int, offsets: torch.Tensor) -> torc
     top-left corner at offsets[i] = (row, column) of the padded image; one gather for all."""
     n, channels, height, width = images.shape
     padded = F.pad(images, (padding, padding, padding, padding))
-    rows = offsets[:, 0:1] + torch.arange(height)  # [n, H]
-    cols = offsets[:, 1:2] + torch.arange(width)  # [n, W]
+    device = images.device
+    offsets = offsets.to(device)
+    rows = offsets[:, 0:1] + torch.arange(height, device=device)  # [n, H]
+    cols = offsets[:, 1:2] + torch.arange(width, device=device)  # [n, W]
     return padded[
-        torch.arange(n).view(n, 1, 1, 1),
-        torch.arange(channels).view(1, channels, 1, 1),
+        torch.arange(n, device=device).view(n, 1, 1, 1),
+        torch.arange(channels, device=device).view(1, channels, 1, 1),
         rows.view(n, 1, height, 1),
         cols.view(n, 1, 1, width),
     ]
@@ -59,7 +61,7 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Each image mirrored left-right with probability 1/2."""
     flips = torch.rand(len(images), generator=generator) < 0.5
-    return torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
+    return torch.where(flips.to(images.device).view(-1, 1, 1, 1), images.flip(-1), images)
 
 
 def crop_and_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:

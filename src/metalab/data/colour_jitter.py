@@ -71,7 +71,7 @@ class JitterStrengths:
 
 def blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """factor * images + (1 - factor) * other, clamped to [0, 1]; factor is one per image."""
-    f = factor.view(-1, 1, 1, 1).to(images.dtype)
+    f = factor.view(-1, 1, 1, 1).to(images.device, images.dtype)
     return (f * images + (1 - f) * other).clamp_(0.0, 1.0)
 
 
@@ -107,7 +107,7 @@ def sample_jitter(
 
 def jitter_with(images: torch.Tensor, factors: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
     """Each image of [n, C, H, W] adjusted by its row of factors, in its row's order."""
-    out = images.clone()
+    out, factors, orders = images.clone(), factors.to(images.device), orders.to(images.device)
     for step in range(len(ADJUSTMENTS)):
         for which in range(len(ADJUSTMENTS)):
             chosen = orders[:, step] == which
