@@ -129,11 +129,12 @@ def test_compare_table_holds_the_runs_own_numbers(sweep, report):
         assert float(row["val_best_mean"]) == pytest.approx(statistics.fmean(vals), rel=1e-9)
     markdown = (report / "comparison.md").read_text()
     table = markdown.split("\n## ")[0]  # the comparison table, before the time section
-    assert table.count("\n| algorithm.name=") == 2
+    assert table.count("\n| maml |") == 1 and table.count("\n| fomaml |") == 1
 
 
 def test_compare_writes_valid_pngs(report):
-    for name in ("validation_curves.png", "test_mse.png", "val_vs_cpu_time.png"):
+    pngs = ("validation_curves.png", "adaptation_curves.png", "test_mse.png", "val_vs_cpu_time.png")
+    for name in pngs:
         with Image.open(report / name) as image:
             image.verify()
             assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
@@ -156,7 +157,8 @@ window.addEventListener('load', () => {
 def test_compare_html_renders_offline_in_headless_chromium(report, tmp_path):
     page = (report / "comparison.html").read_text()
     assert not re.search(r"(src|href)=\"https?:", page)  # nothing to fetch from a network
-    assert page.count('src="data:image/png;base64,') == 3  # curves, test, val vs CPU time
+    # validation and adaptation curves, test, val vs CPU time
+    assert page.count('src="data:image/png;base64,') == 4
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium; .ci/run does it)")
@@ -183,5 +185,5 @@ def test_compare_html_renders_offline_in_headless_chromium(report, tmp_path):
     table = re.search(r'data-table="(\d+(?:\.\d+)?)x(\d+(?:\.\d+)?) rows=(\d+)"', out.stdout)
     assert images and table, out.stdout[:2000]
     sizes = [tuple(map(int, s.split("x"))) for s in images.group(1).split()]
-    assert len(sizes) == 3 and all(w > 300 and h > 200 for w, h in sizes), sizes
+    assert len(sizes) == 4 and all(w > 300 and h > 200 for w, h in sizes), sizes
     assert float(table.group(1)) > 100 and float(table.group(2)) > 20 and table.group(3) == "2"
