@@ -22,20 +22,26 @@ def cli_argv(command: str) -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", SCRIPTS[command]]
 
 
-def cli_env(**extra: str) -> dict[str, str]:
+def cli_env(**extra: str | None) -> dict[str, str]:
     # offline whatever the machine's environment says (WANDB_MODE=online would go live)
     quiet = {"WANDB_SILENT": "true", "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
-    return {**os.environ, **quiet, **extra}
+    merged = {**os.environ, **quiet, **extra}
+    return {k: v for k, v in merged.items() if v is not None}  # None: unset it
 
 
 def run_cli(
-    command: str, *args: str, cwd: Path, timeout: float = 1800
+    command: str,
+    *args: str,
+    cwd: Path,
+    timeout: float = 1800,
+    env: dict[str, str | None] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run a console script (found next to this Python, else as ``python -m``)."""
+    """Run a console script (found next to this Python, else as ``python -m``), with
+    ``env`` added to the environment (a None value unsets that variable)."""
     return subprocess.run(
         [*cli_argv(command), *args],
         cwd=cwd,
-        env=cli_env(),
+        env=cli_env(**(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,

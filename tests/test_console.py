@@ -118,3 +118,23 @@ def test_a_run_s_console_is_quiet_and_hydra_verbose_brings_lightning_back(tmp_pa
     )
     assert loud.returncode == 0, loud.stderr
     assert "GPU available" in loud.stdout + loud.stderr
+
+
+def test_w_and_b_s_own_lines_stay_off_the_console_unless_asked(tmp_path):
+    """W&B's banner and end-of-run history and summary (~35 lines a run) are replaced by one
+    metalab line; the offline run is written all the same."""
+    quiet = run_cli(
+        "metalab-train", "debug=tiny", "logger=wandb", f"hydra.run.dir={tmp_path / 'q'}",
+        cwd=tmp_path, env={"WANDB_SILENT": None, "WANDB_QUIET": None},
+    )  # fmt: skip
+    assert quiet.returncode == 0, quiet.stderr
+    console = quiet.stdout + quiet.stderr
+    assert not [line for line in console.splitlines() if line.startswith("wandb:")], console
+    assert "W&B run " in console and "(offline)" in console
+    assert list((tmp_path / "q" / "wandb").glob("offline-run-*"))
+    loud = run_cli(
+        "metalab-train", "debug=tiny", "logger=wandb", "hydra.verbose=wandb",
+        f"hydra.run.dir={tmp_path / 'l'}", cwd=tmp_path, env={"WANDB_SILENT": None},
+    )  # fmt: skip
+    assert loud.returncode == 0, loud.stderr
+    assert "wandb: " in loud.stdout + loud.stderr

@@ -30,7 +30,7 @@ IGNORED_WARNINGS = (
 CHATTY_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning")
 
 
-def _verbose(name: str) -> bool:
+def verbose(name: str) -> bool:
     """Whether ``hydra.verbose`` asks for this logger's lines."""
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -52,7 +52,7 @@ def quiet() -> None:
     for pattern in IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     for name in CHATTY_LOGGERS:
-        if not _verbose(name):
+        if not verbose(name):
             logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -32,6 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
+from metalab.console import verbose
 from metalab.errors import ConfigError
 from metalab.run_names import hydra_job_label, job_dirname, sweep_label
 
@@ -160,21 +161,40 @@ class MetalabWandbLogger(WandbLogger):
             self.experiment.summary[f"{monitor}_best"] = float(best)
 
 
+def wandb_console() -> dict[str, Any]:
+    """W&B's own console lines (its banner, and the run's history and summary at the end:
+    about 35 lines a run) stay off the console: metalab says where the run is in one line.
+    ``WANDB_SILENT``/``WANDB_QUIET`` set by the user, or ``hydra.verbose=wandb``, keep W&B's."""
+    if _env("WANDB_SILENT") is not None or _env("WANDB_QUIET") is not None or verbose("wandb"):
+        return {}
+    import wandb
+
+    return {"settings": wandb.Settings(silent=True)}
+
+
 def wandb_logger(w: Any, run_dir: Path, group: str | None, config: dict[str, Any]) -> Logger:
     env_tags = [t.strip() for t in (_env("WANDB_TAGS") or "").split(",") if t.strip()]
+    mode = wandb_mode(w.get("mode"))
+    save_dir = _env("WANDB_DIR") or str(run_dir)
+    quiet = wandb_console()
     logger = MetalabWandbLogger(
-        save_dir=_env("WANDB_DIR") or str(run_dir),
+        save_dir=save_dir,
         project=w.get("project") or _env("WANDB_PROJECT") or "metalab",
         entity=w.get("entity") or _env("WANDB_ENTITY"),
         group=w.get("group") or _env("WANDB_RUN_GROUP") or group,
         job_type=w.get("job_type") or _env("WANDB_JOB_TYPE") or "train",
         name=w.get("name") or _env("WANDB_NAME") or run_name(run_dir, config),
         tags=job_tags(config, env_tags + [str(t) for t in w.get("tags") or []]),
-        mode=wandb_mode(w.get("mode")),
+        mode=mode,
         config=config,
         id=persistent_run_id(run_dir),
         resume=_env("WANDB_RESUME") or "allow",
+        **quiet,
     )
+    if quiet:
+        where = Path(save_dir) / "wandb"
+        upload = f"; upload: wandb sync {where}/offline-run-*" if mode == "offline" else ""
+        log.info("W&B run %s (%s) in %s%s", logger._wandb_init["name"], mode, where, upload)
     # Lightning always passes anonymous (None), which wandb 0.31 warns has no effect
     logger._wandb_init.pop("anonymous", None)
     return logger
