@@ -30,9 +30,9 @@ from collections.abc import Callable
 import torch
 from torch.func import vmap
 
-from metalab import task_threads
+from metalab import strategy_cache, task_threads
 from metalab.data.tasks import TaskBatch
-from metalab.distributed import agree_mean, agree_min
+from metalab.distributed import agree_mean, agree_min, is_distributed
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params
 from metalab.models.single_backward import backward_once
@@ -357,8 +357,16 @@ class AutoStrategy(Strategy):
         min_repeats: int = 2,
         max_repeats: int = 8,
         min_seconds: float = 1.0,
+        cache: bool = False,
+        retime: bool = False,
+        settings: dict | None = None,
     ) -> None:
         self.candidates = candidates
+        # strategy_cache: reuse the choice measured before for this machine and workload
+        # (retime: measure again and replace it); never under DDP, where every rank must
+        # take part in the same measurement.
+        self.cache, self.retime = cache, retime
+        self.settings = dict(settings or {})  # what built the candidates (vmap chunk, budget)
         self.min_repeats, self.max_repeats, self.min_seconds = min_repeats, max_repeats, min_seconds
         self.chosen = None
         self.timings: dict[str, float] = {}
@@ -454,7 +462,7 @@ class AutoStrategy(Strategy):
         on_cuda = batch.support_x.is_cuda
         runs: dict[str, list[float]] = {name: [] for name in runnable}
         if len(runnable) == 1:
-            (name, (_, _, warm_up)), = runnable.items()
+            ((name, (_, _, warm_up)),) = runnable.items()
             runs[name].append(warm_up)
         while len(runnable) > 1 and any(self._wants_more(r) for r in runs.values()):
             for name, (_, run, _) in runnable.items():
@@ -468,19 +476,67 @@ class AutoStrategy(Strategy):
         log.info("strategy=auto measured the %s: %s; chose %s", what, measured, chosen.name)
         return chosen, timings
 
+    def _cache_key(self, what: str, fn: TaskFn, params: Params, batch: TaskBatch) -> str | None:
+        if not self.cache or is_distributed():
+            return None
+        candidates = [type(c).__name__ for c in self.candidates]
+        return strategy_cache.workload_key(what, fn, params, batch, candidates, self.settings)
+
+    def _cached(self, key: str | None, what: str) -> tuple[object, dict] | None:
+        """The choice measured before for this workload on this machine, if any."""
+        entry = None if key is None or self.retime else strategy_cache.lookup(key)
+        if entry is None:
+            return None
+        try:
+            chosen = self.candidates[int(entry["chosen"])]
+            if isinstance(chosen, VmapStrategy) and chosen.chunk is None:
+                chosen.chunk = entry.get("chunk")
+            timings = {str(k): float(v) for k, v in dict(entry["timings"]).items()}
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None  # an entry of another layout: measure
+        log.info(
+            "strategy=auto: %s: %s, as measured on this machine for this workload (%s; "
+            "strategy_retime=true measures again)",
+            what,
+            chosen.name,
+            entry.get("measured", "earlier"),
+        )
+        return chosen, timings
+
+    def _remember(self, key: str | None, chosen: object, timings: dict) -> None:
+        if key is not None:
+            entry = {
+                "chosen": self.candidates.index(chosen),
+                "chunk": getattr(chosen, "chunk", None),
+                "timings": timings,
+            }
+            strategy_cache.remember(key, entry)
+
     def meta_gradient(
         self, fn: TaskFn, params: Params, batch: TaskBatch, backward: Backward
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.chosen is None:
-            runnable = self._runnable(fn, params, batch)
-            self.chosen, self.timings = self._fastest(runnable, batch, "meta-gradient")
-            self._warm_outputs = {}  # a meta-gradient's trial wrote no .grad: it runs again
+            key = self._cache_key("meta-gradient", fn, params, batch)
+            cached = self._cached(key, "meta-gradient")
+            if cached is not None:
+                self.chosen, self.timings = cached
+            else:
+                runnable = self._runnable(fn, params, batch)
+                self.chosen, self.timings = self._fastest(runnable, batch, "meta-gradient")
+                self._warm_outputs = {}  # a meta-gradient's trial wrote no .grad: it runs again
+                self._remember(key, self.chosen, self.timings)
         return self.chosen.meta_gradient(fn, params, batch, backward)
 
     def map(self, fn: TaskFn, params: Params, batch: TaskBatch) -> dict[str, torch.Tensor]:
         if self.chosen_map is None:
+            key = self._cache_key("per-task map", fn, params, batch)
+            cached = self._cached(key, "per-task map")
+            if cached is not None:
+                self.chosen_map, self.map_timings = cached
+                return self.chosen_map.map(fn, params, batch)
             runnable = self._runnable(fn, params, batch, mapping=True)
             self.chosen_map, self.map_timings = self._fastest(runnable, batch, "per-task map")
+            self._remember(key, self.chosen_map, self.map_timings)
             # The chosen map's warm-up already mapped this batch: running it again doubled
             # the first evaluation batch (50 of a 600-task test's tasks, ~8% of it).
             return self._warm_outputs.pop(self.chosen_map.name)
@@ -539,6 +595,8 @@ def build_strategy(
     vmap_chunk: int | None,
     vmap_memory_mib: float | None = None,
     accelerator: str = "cpu",
+    cache: bool = True,
+    retime: bool = False,
 ):
     """``vmap_chunk=None`` sizes vmap's chunks to ``vmap_memory_mib`` (device default if None)."""
     budget = vmap_memory_mib or default_vmap_memory_mib(accelerator)
@@ -551,6 +609,9 @@ def build_strategy(
         return HybridStrategy(budget)
     if name == "auto":
         return AutoStrategy(
-            [LoopStrategy(), VmapStrategy(vmap_chunk, vmap_budget), HybridStrategy(budget)]
+            [LoopStrategy(), VmapStrategy(vmap_chunk, vmap_budget), HybridStrategy(budget)],
+            cache=cache,
+            retime=retime,
+            settings={"vmap_chunk": vmap_chunk, "memory_mib": budget},
         )
     raise ConfigError(f"strategy={name!r} is not known: choose one of {', '.join(STRATEGIES)}.")

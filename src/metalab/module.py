@@ -74,6 +74,8 @@ class MetaLearner(pl.LightningModule):
             None if chunk is None else int(chunk),
             None if budget is None else float(budget),
             str(self.cfg.trainer.accelerator),
+            cache=bool(self.cfg.get("strategy_cache", True)),
+            retime=bool(self.cfg.get("strategy_retime", False)),
         )
         self._eval_values: list[dict[str, torch.Tensor]] = []
         self.test_summary: dict[str, Any] | None = None
@@ -176,8 +178,7 @@ class MetaLearner(pl.LightningModule):
             "ci95": ci,
             "tasks": int(values.shape[0]),
             "per_step": [
-                {"step": s, "mean": m, "ci95": c}
-                for s, (m, c) in zip(steps, per_step, strict=True)
+                {"step": s, "mean": m, "ci95": c} for s, (m, c) in zip(steps, per_step, strict=True)
             ],
         }
 

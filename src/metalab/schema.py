@@ -96,6 +96,8 @@ TRAIN: dict[str, Spec] = {
     "vmap_memory_mib": _positive(nullable=True),
     "run_name": Spec("text"),
     "strategy": Spec("choice", choices=("auto", "loop", "vmap", "hybrid")),
+    "strategy_cache": BOOL,
+    "strategy_retime": BOOL,
     "memory_format": Spec("choice", choices=("auto", "channels_last", "contiguous")),
     "optimizer.name": Spec("choice", choices=("adam", "sgd")),
     "optimizer.scheduler": Spec("choice", choices=("none", "cosine", "linear", "step")),
