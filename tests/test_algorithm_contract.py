@@ -14,7 +14,6 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from metalab import module as module_source
-from metalab import task_threads
 from metalab.algorithms import ALGORITHMS, build_algorithm, has_fixed_head
 from metalab.algorithms.anil import ANIL
 from metalab.algorithms.base import AdaptingAlgorithm, Algorithm, Replay, TaskObjective
@@ -25,6 +24,7 @@ from metalab.algorithms.metasgd import MetaSGD
 from metalab.assembly import build_data, build_module
 from metalab.data.tasks import TaskBatch
 from metalab.execution import HybridStrategy, LoopStrategy
+from metalab.execution import threads as task_threads
 from metalab.inner_loop import InnerLoop
 from metalab.losses import CLASSIFICATION
 from metalab.models.conv4 import Conv4

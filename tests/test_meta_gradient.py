@@ -294,7 +294,7 @@ def test_auto_passes_over_a_candidate_that_cannot_run_the_model():
 def test_hybrid_query_threads_keep_the_model_and_the_gradient(monkeypatch):
     """Worker threads score with their own model copies: functional_call swaps a module's
     parameters in place, and two threads on one module left it holding their tensors."""
-    from metalab import task_threads
+    from metalab.execution import threads as task_threads
 
     monkeypatch.setattr(task_threads, "workers_for", lambda tasks, device: 3)
     model, forward, kind, batch, lr = conv_case(channels=20)
@@ -313,7 +313,7 @@ def test_hybrid_with_any_number_of_worker_threads_matches_reference(
 ):
     """One worker back-propagates each chunk straight into the parameters (the path of a GPU
     and of autocast); several return their chunks' gradients and finish with one backward."""
-    from metalab import task_threads
+    from metalab.execution import threads as task_threads
 
     monkeypatch.setattr(task_threads, "workers_for", lambda tasks, device: workers)
     fused = []
@@ -344,7 +344,7 @@ def test_hybrid_with_any_number_of_worker_threads_matches_reference(
 
 
 def test_worker_threads_see_the_callers_context():
-    from metalab import task_threads
+    from metalab.execution import threads as task_threads
     from metalab.models.vectorised import is_vectorised, vectorised
 
     with vectorised(), torch.no_grad():
@@ -356,7 +356,7 @@ def test_worker_threads_see_the_callers_context():
 
 
 def test_query_threads_only_on_a_cpu_without_autocast():
-    from metalab.task_threads import workers_for
+    from metalab.execution.threads import workers_for
 
     cpu = torch.device("cpu")
     assert workers_for(5, cpu) == min(torch.get_num_threads(), 5)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cli import read_results, run_cli
-from metalab import strategy_cache
 from metalab.execution import AutoStrategy
+from metalab.execution import cache as strategy_cache
 from test_meta_gradient import SleepyLoop, metalab_meta_gradient, mlp_case
 
 
