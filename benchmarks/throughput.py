@@ -464,23 +464,24 @@ def build_step(
     return step, strategy
 
 
-def measure_one(spec: str, args: argparse.Namespace) -> Row:
-    """Child process: build one implementation, time it, report its memory."""
+def make_row(
+    spec: str,
+    strategy: Strategy | None,
+    seconds: list[float],
+    other_cores: float,
+    args: argparse.Namespace,
+    memory: tuple[str, float, float] | None,
+) -> Row:
+    """A measured row; ``memory`` is (kind, peak, base), None where the process is shared."""
     implementation, algorithm, workload_name = spec.split(",")
     workload = WORKLOADS[workload_name]
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    step, strategy = build_step(implementation, algorithm, workload, device)
-    base = memory_now_mib(device)
-    seconds, other_cores = time_steps(
-        step, device, args.warmup, args.steps, args.row_budget, args.min_time
-    )
-    peak = peak_memory_mib(device)
     label = IMPLEMENTATIONS[implementation]
     # auto's trial: of the meta-gradient (MAML, FOMAML), else of the per-task map (Reptile)
     timings = getattr(strategy, "timings", None) or getattr(strategy, "map_timings", None)
     if implementation == "auto":
         label = f"metalab {strategy.name}"
+    nan = float("nan")
+    kind, peak, base = memory or ("shared", nan, nan)
     return Row(
         workload=workload.name,
         algorithm=algorithm,
@@ -489,7 +490,7 @@ def measure_one(spec: str, args: argparse.Namespace) -> Row:
         tasks_per_s=workload.meta_batch / statistics.median(seconds),
         step_seconds=seconds,
         steps_requested=args.steps,
-        memory_kind="cuda" if device.type == "cuda" else "rss",
+        memory_kind=kind,
         peak_mib=peak,
         base_mib=base,
         increase_mib=peak - base,
@@ -500,11 +501,59 @@ def measure_one(spec: str, args: argparse.Namespace) -> Row:
     )
 
 
+def measure_one(spec: str, args: argparse.Namespace) -> Row:
+    """Child process: build one implementation, time it, report its memory."""
+    implementation, algorithm, workload_name = spec.split(",")
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    step, strategy = build_step(implementation, algorithm, WORKLOADS[workload_name], device)
+    base = memory_now_mib(device)
+    seconds, other_cores = time_steps(
+        step, device, args.warmup, args.steps, args.row_budget, args.min_time
+    )
+    memory = ("cuda" if device.type == "cuda" else "rss", peak_memory_mib(device), base)
+    return make_row(spec, strategy, seconds, other_cores, args, memory)
+
+
+def measure_together(specs: list[str], args: argparse.Namespace) -> list[Row]:
+    """Child process of ``--interleave``: the rows of one workload and algorithm built side
+    by side and timed in turns, one outer step of each per round, so that a load that drifts
+    (other jobs on a shared machine) weighs on all of them alike and their ratios hold. The
+    process's memory is theirs together, so no row reports any."""
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    built = []
+    for spec in specs:
+        implementation, algorithm, workload_name = spec.split(",")
+        step, strategy = build_step(implementation, algorithm, WORKLOADS[workload_name], device)
+        built.append((spec, step, strategy))
+    for _ in range(args.warmup):
+        for _, step, _ in built:
+            step()
+    synchronize(device)
+    meter = ContentionMeter()
+    seconds: dict[str, list[float]] = {spec: [] for spec in specs}
+    budget = args.row_budget * len(specs)  # the rows' budgets, spent in turns
+    while not all(enough(seconds[s], args.steps, budget, args.min_time) for s in specs):
+        for spec, step, _ in built:
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            seconds[spec].append(time.perf_counter() - start)
+    other_cores = meter.other_cores()
+    return [
+        make_row(spec, strategy, seconds[spec], other_cores, args, None)
+        for spec, _, strategy in built
+    ]
+
+
 def child_command(spec: str, args: argparse.Namespace) -> list[str]:
+    """The child process measuring ``spec`` (``--interleave``: several, joined by ";")."""
     return [
         sys.executable,
         str(Path(__file__).resolve()),
         "--_one", spec,
+        *(["--interleave"] if args.interleave else []),
         "--steps", str(args.steps),
         "--warmup", str(args.warmup),
         "--threads", str(args.threads),
@@ -534,12 +583,21 @@ def describe_failure(error: BaseException, args: argparse.Namespace) -> str:
 
 def run_in_subprocess(spec: str, args: argparse.Namespace) -> Row:
     """Measure one implementation in a fresh interpreter so its peak memory is its own."""
-    done = subprocess.run(child_command(spec, args), capture_output=True, text=True)
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith(RESULT_MARK):
-            return Row(**json.loads(line[len(RESULT_MARK) :]))
+    return run_group_in_subprocess([spec], args)[0]
+
+
+def run_group_in_subprocess(specs: list[str], args: argparse.Namespace) -> list[Row]:
+    """The rows of ``specs`` from one fresh interpreter (several only with --interleave)."""
+    done = subprocess.run(child_command(";".join(specs), args), capture_output=True, text=True)
+    rows = [
+        Row(**json.loads(line[len(RESULT_MARK) :]))
+        for line in done.stdout.splitlines()
+        if line.startswith(RESULT_MARK)
+    ]
+    if rows:
+        return rows
     tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
-    return failed_row(spec, args, tail[0])
+    return [failed_row(spec, args, tail[0]) for spec in specs]
 
 
 def measure_row(spec: str, args: argparse.Namespace) -> Row:
@@ -558,15 +616,18 @@ def measure_row(spec: str, args: argparse.Namespace) -> Row:
 
 
 def run_child(spec: str, args: argparse.Namespace) -> None:
-    """``--_one``: measure one row under the memory limit and print it as a JSON line."""
+    """``--_one``: measure one row (with --interleave, each of several) under the memory
+    limit and print each as a JSON line."""
     if args.device == "cpu" and args.max_memory_gib > 0:
         limit = int(args.max_memory_gib * 2**30)
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    specs = spec.split(";")
     try:
-        row = measure_one(spec, args)
+        rows = measure_together(specs, args) if args.interleave else [measure_one(spec, args)]
     except (RuntimeError, MemoryError) as error:  # an allocation over the limit, mostly
-        row = failed_row(spec, args, describe_failure(error, args))
-    print(RESULT_MARK + json.dumps(asdict(row)), flush=True)
+        rows = [failed_row(s, args, describe_failure(error, args)) for s in specs]
+    for row in rows:
+        print(RESULT_MARK + json.dumps(asdict(row)), flush=True)
 
 
 # --------------------------------------------------------------------------- report
@@ -653,6 +714,12 @@ def render(rows: list[Row], args: argparse.Namespace, console: Console) -> None:
         f"processes (and steal) during the row's timed steps, of {os.cpu_count()}; a row with "
         "other jobs running was slowed by them."
     )
+    if any(r.memory_kind == "shared" for r in rows):
+        console.print(
+            "--interleave: the rows of a workload and algorithm ran in one process, in turns "
+            "(their ratios hold on a loaded machine; their memory is not their own, so none is "
+            "shown)."
+        )
     if any(0 < len(r.step_seconds) < r.steps_requested for r in rows):
         console.print(
             f"(cut): a slow row stopped timing once its timed steps had taken "
@@ -738,6 +805,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CPU: a row that allocates more fails as out of memory instead of starting the "
         "OOM killer (RLIMIT_DATA; 0: no limit; default 80%% of MemAvailable)",
     )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time the implementations of each workload and algorithm in one process, one "
+        "outer step of each in turn: ratios that hold on a machine other jobs load unevenly "
+        "(no memory columns, the process is shared)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     parser.add_argument("--_one", dest="one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -751,26 +825,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def measure_all(args: argparse.Namespace, console: Console) -> list[Row]:
-    """Every (workload, algorithm, implementation), each in its own subprocess."""
+    """Every (workload, algorithm, implementation), each in its own subprocess (with
+    --interleave, those of a workload and algorithm in one)."""
     workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
     rows: list[Row] = []
     for name in workloads:
         workload = WORKLOADS[name]
         console.print(f"[bold]{name}[/]: {workload.description}, meta-batch {workload.meta_batch}")
         for algorithm in args.algorithms.split(","):
-            for implementation in args.strategies.split(","):
-                if algorithm == "reptile" and implementation in NOT_FOR_REPTILE:
-                    continue
-                if implementation == BASELINE and algorithm not in TEXTBOOK_ALGORITHMS:
-                    continue
-                spec = f"{implementation},{algorithm},{name}"
-                with console.status(f"measuring {spec}"):
-                    row = measure_row(spec, args)
-                rows.append(row)
+            specs = [
+                f"{implementation},{algorithm},{name}"
+                for implementation in args.strategies.split(",")
+                if not (algorithm == "reptile" and implementation in NOT_FOR_REPTILE)
+                and not (implementation == BASELINE and algorithm not in TEXTBOOK_ALGORITHMS)
+            ]
+            if args.interleave:
+                with console.status(f"measuring {', '.join(specs)} in turns"):
+                    group = run_group_in_subprocess(specs, args)
+            else:
+                group = []
+                for spec in specs:
+                    with console.status(f"measuring {spec}"):
+                        group.append(measure_row(spec, args))
+            for spec, row in zip(specs, group, strict=True):
                 console.print(
                     f"  {spec}: {fmt(row.tasks_per_s, '.1f')} tasks/s, "
                     f"peak {fmt(row.peak_mib, '.0f')} MiB {row.error or ''}"
                 )
+            rows += group
     return rows
 
 

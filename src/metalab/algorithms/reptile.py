@@ -231,8 +231,7 @@ class Reptile(FineTuning):
         outs = []
         for i in range(len(data)):
             update = self.rule(self.inner_lr, self.carried_v, self.carried_t)
-            one = data.task(i)
-            outs.append(self._adapt_and_fit(theta, *_fields(one), update))
+            outs.append(self._adapt_and_fit(theta, *_fields(data.task(i)), update))
             self.carried_v = {k: v.detach() for k, v in update.v.items()}
             self.carried_t = update.t
         return {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
