@@ -63,11 +63,15 @@ class NWayKShot:
             )
         self.pool, self.ways, self.shots, self.queries = pool, ways, shots, queries
 
+    def class_size(self, class_index: int) -> int:
+        """How many examples class ``class_index`` has (all alike here; see data.ragged)."""
+        return self.pool.examples_per_class
+
     def sample(self, generator: torch.Generator) -> Task:
         classes = torch.randperm(self.pool.num_classes, generator=generator)[: self.ways]
         support, query = [], []
         for class_index in classes.tolist():
-            chosen = torch.randperm(self.pool.examples_per_class, generator=generator)
+            chosen = torch.randperm(self.class_size(class_index), generator=generator)
             images = self.pool.examples(class_index, chosen[: self.shots + self.queries])
             support.append(images[: self.shots])
             query.append(images[self.shots :])

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from metalab.data.episodes import ClassPool, NWayKShot, TaskSource
-from metalab.data.tasks import Task
 from metalab.errors import ConfigError
 
 PARTS = ("train", "val", "test")
@@ -108,8 +107,9 @@ def check_fits(
         )
 
 
-class RaggedNWayKShot:
-    """N classes, then K support and Q query examples of each, from classes of any size."""
+class RaggedNWayKShot(NWayKShot):
+    """N classes, then K support and Q query examples of each, from classes of any size:
+    ``NWayKShot``'s draws, each class's permutation over its own images."""
 
     def __init__(
         self, pool: RaggedClasses, ways: int, shots: int, queries: int, split: str = ""
@@ -117,21 +117,8 @@ class RaggedNWayKShot:
         check_fits(pool.class_names, pool.counts, (ways, shots, queries), split, pool.source)
         self.pool, self.ways, self.shots, self.queries = pool, ways, shots, queries
 
-    def sample(self, generator: torch.Generator) -> Task:
-        classes = torch.randperm(self.pool.num_classes, generator=generator)[: self.ways]
-        support, query = [], []
-        for class_index in classes.tolist():
-            chosen = torch.randperm(self.pool.counts[class_index], generator=generator)
-            images = self.pool.examples(class_index, chosen[: self.shots + self.queries])
-            support.append(images[: self.shots])
-            query.append(images[self.shots :])
-        labels = torch.arange(self.ways)
-        return Task(
-            support_x=torch.cat(support),
-            support_y=labels.repeat_interleave(self.shots),
-            query_x=torch.cat(query),
-            query_y=labels.repeat_interleave(self.queries),
-        )
+    def class_size(self, class_index: int) -> int:
+        return self.pool.counts[class_index]
 
 
 def episode_source(

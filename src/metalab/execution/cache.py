@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from metalab.data.cache import default_cache_folder
+from metalab.results import cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +39,10 @@ def cache_file() -> Path:
     return default_cache_folder() / FILE
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device: torch.device) -> dict[str, Any]:
     """What makes one machine's timings differ from another's."""
     facts: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
