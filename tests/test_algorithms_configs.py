@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_configs import compose_train
+from tests.helpers.configs import compose_train
 
 PRESETS = {
     # Nichol et al. 2018, run_omniglot.sh (transductive): Adam 1e-3, 5 x 10 examples,

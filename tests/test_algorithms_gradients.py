@@ -17,7 +17,8 @@ from metalab.algorithms.reptile import Reptile
 from metalab.errors import ConfigError
 from metalab.execution import LoopStrategy, VmapStrategy
 from metalab.inner_loop import InnerLoop
-from reference import (
+from tests.helpers.cases import conv_case, mlp_case
+from tests.helpers.reference import (
     anil_meta_gradient,
     maml_meta_gradient,
     mamlpp_meta_gradient,
@@ -25,7 +26,6 @@ from reference import (
     relative_error,
     reptile_update,
 )
-from test_meta_gradient import conv_case, mlp_case
 
 
 def three_tasks(case):

@@ -27,8 +27,8 @@ from metalab.models.conv4 import Conv4
 from metalab.models.embedding import without_head
 from metalab.models.mlp import MLP
 from metalab.preflight import check_head
-from reference import relative_error
-from test_meta_gradient import RandomImages, sample_batch
+from tests.helpers.cases import RandomImages, sample_batch
+from tests.helpers.reference import relative_error
 
 STRATEGIES = {"loop": LoopStrategy(), "vmap": VmapStrategy(chunk=2)}
 
@@ -513,7 +513,7 @@ PRESETS = {
 
 @pytest.mark.parametrize("experiment", sorted(PRESETS))
 def test_presets_carry_their_papers_settings(experiment):
-    from test_configs import compose_train
+    from tests.helpers.configs import compose_train
 
     cfg = compose_train(f"experiment={experiment}")
     flat = {**cfg.algorithm, **cfg.dataset, **cfg.optimizer, "name": cfg.algorithm.name}

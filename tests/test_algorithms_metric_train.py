@@ -12,13 +12,13 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from cli import preset_sweep, read_results
 from metalab.assembly import build_data, build_module
 from metalab.errors import ConfigError
 from metalab.evaluate import load_checkpoint, training_config
 from metalab.paths import config_dir
 from metalab.preflight import check_head
-from test_configs import compose_train
+from tests.helpers.cli import preset_sweep, read_results
+from tests.helpers.configs import compose_train
 
 pytestmark = [
     pytest.mark.data,

@@ -9,9 +9,9 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from cli import preset_sweep, read_results
 from metalab.assembly import build_data, build_module
 from metalab.module import MetaLearner
+from tests.helpers.cli import preset_sweep, read_results
 
 PRESETS = ["anil", "metasgd", "mamlpp", "reptile"]
 TINY = [
@@ -116,7 +116,7 @@ def test_outer_optimizer_and_schedule_follow_the_config(jobs, scheduler, factors
 
 def test_eval_gives_reptile_s_non_transductive_row_from_the_same_weights(jobs, tmp_path):
     """The paper's two Reptile rows differ only at test time: one training run, two tests."""
-    from cli import run_cli
+    from tests.helpers.cli import run_cli
 
     ckpt = jobs["reptile"] / "checkpoints" / "last.ckpt"
     rows = {}
@@ -135,7 +135,7 @@ def test_eval_gives_reptile_s_non_transductive_row_from_the_same_weights(jobs, t
 
 
 def test_eval_refuses_the_transductive_switch_for_an_algorithm_without_it(jobs, tmp_path):
-    from cli import run_cli
+    from tests.helpers.cli import run_cli
 
     out = run_cli(
         "metalab-eval", f"ckpt_path={jobs['anil'] / 'checkpoints' / 'last.ckpt'}",

@@ -28,9 +28,9 @@ from metalab.data.episodes import NWayKShot
 from metalab.data.omniglot import OmniglotClasses
 from metalab.errors import ConfigError
 from metalab.preflight import check_config
-from test_configs import compose_train
+from tests.helpers.configs import compose_train
+from tests.helpers.paths import CONF
 
-CONF = Path(__file__).parents[1] / "conf"
 OMNIGLOT = Path(os.environ.get("METALAB_DATA", "/nonexistent")) / "omniglot"
 SIAMESE = sorted(p.stem for p in (CONF / "experiment").glob("siamese_*.yaml"))
 
@@ -266,7 +266,7 @@ def test_every_siamese_preset_distorts_its_training_images() -> None:
 @pytest.mark.parametrize("preset", SIAMESE)
 def test_siamese_presets_train_two_steps_with_distortions(preset, tmp_path, one_thread) -> None:
     from metalab.train import train
-    from test_presets_run import small
+    from tests.helpers.configs import small
 
     if not OMNIGLOT.is_dir():
         pytest.skip("set METALAB_DATA to the folder holding omniglot/")

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 import metalab.data.datamodule as datamodule
-from cli import read_results, train_run
 from metalab.data.augment import (
     KINDS,
     STEPS,
@@ -36,10 +35,11 @@ from metalab.data.episodes import NWayKShot, TrainEpisodes
 from metalab.data.pools import ImageClasses
 from metalab.errors import ConfigError
 from metalab.preflight import check_config
-from test_configs import compose_train
-from test_datasets_imagefolder import make_folder
+from tests.helpers.cli import read_results, train_run
+from tests.helpers.configs import compose_train
+from tests.helpers.fake_imagefolder import make_folder
+from tests.helpers.paths import CONF
 
-CONF = Path(__file__).parents[1] / "conf"
 NATURAL = ("miniimagenet", "cifar_fs", "fc100", "imagefolder", "tieredimagenet", "cub")
 
 

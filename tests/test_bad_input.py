@@ -12,7 +12,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from cli import run_cli
 from metalab import algorithms
 from metalab.assembly import build_data
 from metalab.data import datamodule
@@ -20,6 +19,7 @@ from metalab.errors import ConfigError, MetalabError
 from metalab.paths import config_dir
 from metalab.preflight import OMNIGLOT_CHARACTERS, check_algorithm_keys, check_config
 from metalab.train import main as train_main
+from tests.helpers.cli import run_cli
 
 
 def compose_train(*overrides: str):

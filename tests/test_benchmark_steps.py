@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from metalab.execution import LoopStrategy
+from tests.helpers.paths import BENCHMARKS
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+SCRIPT = BENCHMARKS / "throughput.py"
 
 
 @pytest.fixture(scope="module")

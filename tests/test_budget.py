@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from cli import read_results, train_run
 from metalab.budget import CpuTimeBudget
 from metalab.errors import ConfigError
+from tests.helpers.cli import read_results, train_run
 
 
 def test_a_cpu_budget_stops_training_and_the_run_still_tests(tmp_path):

@@ -15,7 +15,6 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from cli import run_cli, train_run
 from metalab import checkpoints
 from metalab.checkpoints import (
     AtomicCheckpointIO,
@@ -26,6 +25,7 @@ from metalab.checkpoints import (
 )
 from metalab.errors import CheckpointError
 from metalab.paths import config_dir
+from tests.helpers.cli import run_cli, train_run
 
 # Four sinusoid steps, validated twice: best.ckpt and last.ckpt, in about 7 s.
 TINY = [

@@ -17,32 +17,7 @@ import yaml
 from metalab.compare.cli import main
 from metalab.compare.groups import t95
 from metalab.compare.published import TABLE
-
-
-def omniglot_run(root: Path, name: str, algorithm: str, seed: int, acc: float | None,
-                 status: str | None = "completed", ways: int = 5) -> Path:
-    run = root / name
-    run.mkdir(parents=True)
-    config = {"seed": seed, "algorithm": {"name": algorithm, "first_order": algorithm != "maml"},
-              "dataset": {"name": "omniglot", "ways": ways, "shots": 1},
-              "logger": {"wandb": {"group": name}}}
-    results: dict = {"config": config,
-                     "protocol": {"dataset": "omniglot", "ways": ways, "shots": 1}}
-    if status is not None:
-        results["status"] = status
-    if acc is not None:
-        results["metrics"] = {"test/acc": {"metric": "acc", "mean": acc, "ci95": 0.01,
-                                           "tasks": 600},
-                              "val/acc_best": acc - 0.01}
-    else:
-        results["error"] = "RuntimeError: out of memory"
-    (run / "results.json").write_text(json.dumps(results))
-    with (run / "metrics.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["epoch", "step", "train/loss", "val/acc"])
-        value = acc or 0.5
-        writer.writerows([[0, 9, 1.2, ""], [0, 9, "", value], [0, 19, "", value + 0.01]])
-    return run
+from tests.helpers.fake_runs import omniglot_run
 
 
 @pytest.fixture

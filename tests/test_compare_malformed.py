@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from metalab.compare.cli import main
-from test_compare import omniglot_run
+from tests.helpers.fake_runs import omniglot_run
 
 
 def _as_list(results: dict) -> object:

@@ -22,7 +22,6 @@ import pytest
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from cli import read_results, run_cli, train_run
 from metalab.compare.cli import main
 from metalab.compare.groups import group_runs
 from metalab.compare.load import load_run
@@ -33,6 +32,7 @@ from metalab.compare.plots import (
     palette,
 )
 from metalab.compare.rows import build_rows
+from tests.helpers.cli import read_results, run_cli, train_run
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 # test accuracy after each inner step at test time, per seed (the last is the test result)

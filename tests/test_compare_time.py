@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli import read_results, train_run
 from metalab.compare.cli import main
 from metalab.compare.load import load_run
 from metalab.compare.timing import Threshold, first_reached
+from tests.helpers.cli import read_results, train_run
 
 # (step, val/acc, cpu seconds, wall seconds): crosses 90% at step 20, falls back, crosses again
 ZIGZAG = [(9, 0.80, 5.0, 6.0), (19, 0.91, 10.5, 12.0), (29, 0.88, 15.25, 18.0),

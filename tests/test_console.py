@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import run_cli
+from tests.helpers.cli import run_cli
 
 BIN = Path(sys.executable).parent
 HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "optuna", "wandb")

@@ -18,7 +18,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from cli import read_results, run_cli, train_run
 from metalab.assembly import build_data, build_module
 from metalab.data import imagefiles
 from metalab.data.datamodule import build_sources
@@ -30,40 +29,13 @@ from metalab.data.ragged import RaggedClasses, RaggedNWayKShot, episode_source
 from metalab.errors import ConfigError, DataError
 from metalab.paths import config_dir
 from metalab.trainer import make_trainer
-
-FORMATS = ("png", "jpg", "jpeg", "bmp", "webp")
+from tests.helpers.cli import read_results, run_cli, train_run
+from tests.helpers.fake_imagefolder import FORMATS, make_folder, write_image
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METALAB_CACHE", str(tmp_path / "env-cache"))
-
-
-def colour(class_id: int, number: int) -> tuple[int, int, int]:
-    return (10 * class_id + 5, 10 * number + 5, 128)
-
-
-def write_image(path: Path, class_id: int, number: int, size=(24, 16), mode="RGB") -> None:
-    """One flat-colour image; grey images hold the red value in their one channel."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = colour(class_id, number)
-    image = Image.new("RGB", size, rgb)
-    if mode == "L":
-        image = Image.new("L", size, rgb[0])
-    elif mode in ("RGBA", "P"):
-        image = image.convert(mode)
-    image.save(path, quality=95) if path.suffix in (".jpg", ".jpeg") else image.save(path)
-
-
-def make_folder(root: Path, counts: list[int], formats=FORMATS) -> Path:
-    """Class ``c{id:02d}`` with counts[id] images of varied sizes and formats."""
-    for class_id, count in enumerate(counts):
-        for number in range(count):
-            suffix = formats[(class_id + number) % len(formats)]
-            size = (12 + 7 * number, 10 + 3 * class_id)
-            write_image(root / f"c{class_id:02d}" / f"img{number:02d}.{suffix}", class_id, number,
-                        size)  # fmt: skip
-    return root
 
 
 def red_class(x: torch.Tensor) -> list[int]:

@@ -13,12 +13,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import test_datasets_cifar as cifar_fixture
-import test_datasets_miniimagenet as mini_fixture
 from metalab.assembly import build_data, build_module
 from metalab.data import cifar, miniimagenet
 from metalab.paths import config_dir
 from metalab.trainer import make_trainer
+from tests.helpers import fake_cifar, fake_miniimagenet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,11 +58,11 @@ def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request) -> Path:
     """A tiny real-format copy of the data set, with the loader told its shrunken sizes."""
     monkeypatch.setenv("METALAB_CACHE", str(tmp_path / "cache"))
     if request.param == "miniimagenet":
-        monkeypatch.setattr(miniimagenet, "CLASSES", mini_fixture.TINY)
-        monkeypatch.setattr(miniimagenet, "IMAGES_PER_CLASS", mini_fixture.PER_CLASS)
-        return mini_fixture.pickle_root(tmp_path)
+        monkeypatch.setattr(miniimagenet, "CLASSES", fake_miniimagenet.TINY)
+        monkeypatch.setattr(miniimagenet, "IMAGES_PER_CLASS", fake_miniimagenet.PER_CLASS)
+        return fake_miniimagenet.pickle_root(tmp_path)
     monkeypatch.setattr(cifar, "IMAGES_PER_CLASS", 4)
-    return cifar_fixture.make_root(tmp_path)
+    return fake_cifar.make_root(tmp_path)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

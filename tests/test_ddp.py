@@ -11,12 +11,12 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from cli import read_results, train_run
 from metalab.assembly import build_data, build_module
 from metalab.checkpoints import load_checkpoint
 from metalab.errors import ConfigError
 from metalab.paths import config_dir
 from metalab.preflight import check_config
+from tests.helpers.cli import read_results, train_run
 
 pytestmark = [
     pytest.mark.data,

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 from packaging.requirements import Requirement
 
 from metalab.results import git_commit
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = (ROOT / "docker" / "Dockerfile").read_text()
 COMPOSE = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"

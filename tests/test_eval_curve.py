@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from metalab.data.episodes import NWayKShot
 from metalab.errors import ConfigError
 from metalab.inner_loop import scored_steps
-from metalab.module import MetaLearner
-from metalab.paths import config_dir
-from test_meta_gradient import RandomImages, sample_batch
+from tests.helpers.cases import RandomImages, learner, sample_batch
 
 EVAL_STEPS = 4
 
@@ -39,31 +35,9 @@ def test_curve_points_below_one_is_refused_with_the_fix():
         scored_steps(10, 0)
 
 
-def learner(algorithm: str, *overrides: str, steps: int = EVAL_STEPS) -> MetaLearner:
-    """A float64 MetaLearner of ``algorithm`` on a tiny 3-way Conv-4 (also test_eval_speed's)."""
-    with initialize_config_dir(config_dir(), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"algorithm={algorithm}",
-                "dataset=omniglot",
-                "model=conv4",
-                "model.channels=4",
-                f"++algorithm.eval_inner_steps={steps}",
-                "dataset.ways=3",
-                "strategy=loop",
-                *overrides,
-            ],
-        )
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("hydra", None)
-    torch.manual_seed(0)
-    return MetaLearner(plain, (1, 16, 16), 3).double()
-
-
 @pytest.mark.parametrize("algorithm", ["maml", "reptile", "anil", "metasgd", "mamlpp", "metalstm"])
 def test_a_subset_of_steps_scores_exactly_what_every_step_scores(algorithm):
-    module = learner(algorithm)
+    module = learner(algorithm, steps=EVAL_STEPS)
     batch = sample_batch(NWayKShot(RandomImages(), ways=3, shots=1, queries=2), tasks=2)
     every = module._evaluate(batch, list(range(EVAL_STEPS + 1)))
     assert every["metric"].shape == (2, EVAL_STEPS + 1)

@@ -13,8 +13,8 @@ from metalab import fast_eval
 from metalab.data.episodes import NWayKShot
 from metalab.execution import AutoStrategy, LoopStrategy
 from metalab.module import MetaLearner
-from test_eval_curve import learner as curve_learner
-from test_meta_gradient import RandomImages, sample_batch
+from tests.helpers.cases import RandomImages, sample_batch
+from tests.helpers.cases import learner as curve_learner
 
 STEPS = 4
 

@@ -15,7 +15,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cli import SCRIPTS, read_results, run_cli, wandb_summary
 from metalab import loggers
 from metalab.assembly import build_data, build_module
 from metalab.checkpoints import check_same_setup, load_checkpoint, load_weights
@@ -23,6 +22,7 @@ from metalab.errors import ConfigError
 from metalab.evaluate import evaluate
 from metalab.numerics import InnerGradientMonitor, non_finite_error
 from metalab.paths import config_dir
+from tests.helpers.cli import SCRIPTS, read_results, run_cli, wandb_summary
 
 # The monitor is called here without a Trainer; its self.log() is then a no-op.
 NO_TRAINER = pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")

@@ -7,26 +7,12 @@ from __future__ import annotations
 import errno
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
-from cli import run_cli
 from metalab.errors import ConfigError
-
-
-def completed_run(run_dir: Path) -> dict[str, bytes]:
-    """A finished run's files, as a user would not want to lose them; their bytes."""
-    (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / ".hydra" / "config.yaml").write_text("seed: 0\n")
-    (run_dir / "results.json").write_text(json.dumps({"status": "completed", "metrics": {}}))
-    (run_dir / "metrics.csv").write_text("epoch,step,val/mse\n0,9,0.5\n")
-    (run_dir / "train.log").write_text("finished\n")
-    return snapshot(run_dir)
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+from tests.helpers.cli import run_cli
+from tests.helpers.fake_runs import completed_run, snapshot
 
 
 @pytest.mark.parametrize(

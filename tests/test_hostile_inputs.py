@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "hostile_inputs.py"
+from tests.helpers.paths import BENCHMARKS
+
+SCRIPT = BENCHMARKS / "hostile_inputs.py"
 
 
 def load_script() -> ModuleType:

@@ -17,13 +17,13 @@ from hydra import compose, initialize_config_dir
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
-from cli import read_results, run_cli, wandb_summary
 from metalab import loggers
 from metalab.cli import check_overrides
 from metalab.errors import ConfigError
 from metalab.paths import config_dir
+from tests.helpers.cli import read_results, run_cli, wandb_summary
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"algorithm": {"name": "maml"}, "dataset": {"name": "sinusoid"},
           "model": {"name": "mlp"}, "run_name": "maml_sinusoid"}  # fmt: skip
 ENV = ["WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR", "WANDB_RUN_GROUP",

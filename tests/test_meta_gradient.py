@@ -8,19 +8,14 @@ import torch.nn.functional as F
 
 from metalab.algorithms.fomaml import FOMAML
 from metalab.algorithms.maml import MAML
-from metalab.data.episodes import NWayKShot
-from metalab.data.sinusoid import SinusoidTasks
-from metalab.data.tasks import TaskBatch
 from metalab.errors import ConfigError
 from metalab.execution import AutoStrategy, HybridStrategy, LoopStrategy, VmapStrategy
 from metalab.inner_loop import InnerLoop
-from metalab.losses import CLASSIFICATION, REGRESSION
-from metalab.models.conv4 import Conv4
 from metalab.models.layout import apply_memory_format
-from metalab.models.mlp import MLP
 from metalab.models.norm import BatchStatNorm
 from metalab.native import fused_first_block
-from reference import conv4_forward, maml_meta_gradient, mlp_forward, relative_error
+from tests.helpers.cases import SleepyLoop, conv_case, metalab_meta_gradient, mlp_case
+from tests.helpers.reference import maml_meta_gradient, relative_error
 
 CL = torch.channels_last
 
@@ -34,42 +29,6 @@ STRATEGIES = {
         [LoopStrategy(), VmapStrategy(chunk=3)], min_repeats=1, max_repeats=1
     ),
 }
-
-
-class RandomImages:
-    """A tiny class pool of random images, enough to exercise conv + batch norm."""
-
-    def __init__(self, classes: int = 6, per_class: int = 5, size: int = 16) -> None:
-        generator = torch.Generator().manual_seed(1)
-        self.data = torch.rand(classes, per_class, 1, size, size, generator=generator)
-        self.num_classes, self.examples_per_class = classes, per_class
-
-    def examples(self, class_index, example_indices):
-        return self.data[class_index, example_indices]
-
-
-def sample_batch(source, tasks: int) -> TaskBatch:
-    generator = torch.Generator().manual_seed(7)
-    return TaskBatch.stack([source.sample(generator) for _ in range(tasks)]).to(
-        "cpu", torch.float64
-    )
-
-
-def mlp_case():
-    torch.manual_seed(0)
-    model = MLP(1, 1, (16, 16)).double()
-    return model, mlp_forward, REGRESSION, sample_batch(SinusoidTasks(5, 7), tasks=5), 0.01
-
-
-def conv_case(norm: str = "batch", channels: int = 4, strided: bool = False):
-    torch.manual_seed(0)
-    model = Conv4(
-        1, 3, image_size=16, channels=channels, norm=norm,
-        downsample="stride" if strided else "maxpool", global_pool=strided,
-    ).double()  # fmt: skip
-    forward = lambda p, x: conv4_forward(p, x, norm=norm == "batch", strided=strided)  # noqa: E731
-    batch = sample_batch(NWayKShot(RandomImages(), ways=3, shots=2, queries=2), tasks=5)
-    return model, forward, CLASSIFICATION, batch, 0.4
 
 
 def channels_last_case():
@@ -92,18 +51,6 @@ CASES = {
     "conv4-strided-nonorm": lambda: conv_case("none", strided=True),
     "conv4-strided-folded-norm": lambda: conv_case(channels=20, strided=True),
 }
-
-
-def metalab_meta_gradient(model, kind, batch, strategy, steps, lr, first_order):
-    algorithm_cls = FOMAML if first_order else MAML
-    algorithm = algorithm_cls(InnerLoop(model, kind), steps, lr, steps, lr, first_order=first_order)
-    model.zero_grad()
-    params = dict(model.named_parameters())
-    losses, _ = strategy.meta_gradient(
-        algorithm.meta_objective, params, batch, lambda loss: loss.backward()
-    )
-    assert losses.shape == (len(batch),)
-    return [p.grad.clone() for p in model.parameters()]
 
 
 @pytest.mark.parametrize("first_order", [False, True], ids=["maml", "fomaml"])
@@ -139,25 +86,6 @@ def test_decomposed_batch_norm_equals_native_batch_norm():
         decomposed = norm(x)
     torch.testing.assert_close(decomposed, native)
     torch.testing.assert_close(norm(x), native)
-
-
-class SleepyLoop(LoopStrategy):
-    """A loop made slower by a fixed delay, to see that auto measures rather than guesses."""
-
-    def __init__(self, delay: float, name: str) -> None:
-        self.delay, self.name = delay, name
-
-    def meta_gradient(self, *args):
-        import time
-
-        time.sleep(self.delay)
-        return super().meta_gradient(*args)
-
-    def map(self, *args):
-        import time
-
-        time.sleep(self.delay)
-        return super().map(*args)
 
 
 @pytest.mark.parametrize("slow_first", [True, False])

@@ -21,7 +21,7 @@ from metalab.models.conv4 import Conv4
 from metalab.models.layout import apply_memory_format
 from metalab.models.resnet12 import DropBlock, ResNet12
 from metalab.paths import config_dir
-from reference import maml_meta_gradient, relative_error
+from tests.helpers.reference import maml_meta_gradient, relative_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

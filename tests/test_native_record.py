@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from cli import read_results, train_run
 from metalab.native import fused_first_block
+from tests.helpers.cli import read_results, train_run
 
 pytestmark = [
     pytest.mark.data,

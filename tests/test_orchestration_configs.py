@@ -11,9 +11,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cli import run_cli
 from metalab.paths import config_dir
 from metalab.run_names import job_dirname
+from tests.helpers.cli import run_cli
 
 
 def hydra_config(tmp_path: Path, *overrides: str) -> dict:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cli import cli_argv, cli_env, read_results, run_cli, wandb_run_record
+from tests.helpers.cli import cli_argv, cli_env, read_results, run_cli, wandb_run_record
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "trainer.max_steps=4",
     "trainer.val_check_interval=2",

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from cli import read_results, run_cli, wandb_run_record, wandb_summary
+from tests.helpers.cli import read_results, run_cli, wandb_run_record, wandb_summary
 
 TINY = [
     "trainer.max_steps=6",

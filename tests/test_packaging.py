@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import ROOT
 
 
 def run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -18,7 +18,7 @@ def run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_wheel_installs_into_a_fresh_venv_and_composes_from_elsewhere(tmp_path):
     dist = tmp_path / "dist"
-    run(sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), cwd=REPO)
+    run(sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), cwd=ROOT)
     wheel = next(dist.glob("metalab-*.whl"))
 
     venv = tmp_path / "fresh"

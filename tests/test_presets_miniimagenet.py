@@ -22,9 +22,8 @@ import pytest
 from omegaconf import open_dict
 
 from metalab.data import miniimagenet
-from test_configs import compose_train, options
-from test_datasets_miniimagenet import pickle_root
-from test_presets_run import small
+from tests.helpers.configs import compose_train, options, small
+from tests.helpers.fake_miniimagenet import pickle_root
 
 PRESETS = [p for p in options("experiment") if "_miniimagenet_" in p]
 FAKE_CLASSES = {"train": 30, "val": 5, "test": 5}

@@ -13,32 +13,12 @@ import os
 from pathlib import Path
 
 import pytest
-from omegaconf import open_dict
 
 from metalab.preflight import check_config
-from test_configs import compose_train, options
+from tests.helpers.configs import compose_train, options, small
 
 PRESETS = options("experiment")
 OMNIGLOT = Path(os.environ.get("METALAB_DATA", "/nonexistent")) / "omniglot"
-SMALL = [
-    "trainer.max_steps=2",
-    "trainer.val_check_interval=2",
-    "trainer.enable_progress_bar=false",
-    "val.tasks=2",
-    "eval.tasks=2",
-    "eval.batch=2",
-    "logger=none",
-    "strategy=loop",
-]
-
-
-def small(experiment: str):
-    cfg = compose_train(f"experiment={experiment}", *SMALL)
-    with open_dict(cfg):
-        cfg.algorithm.meta_batch = min(2, int(cfg.algorithm.meta_batch))
-        if "eval_inner_steps" in cfg.algorithm and cfg.algorithm.name == "reptile":
-            cfg.algorithm.eval_inner_steps = 2  # Reptile's 50 test steps, cut for time
-    return cfg
 
 
 @pytest.mark.parametrize("experiment", PRESETS)

@@ -27,8 +27,8 @@ from metalab.compare.published import (
     setting_text,
     value_text,
 )
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "accuracy_table.sh"
 # Algorithms without any published Omniglot or mini-ImageNet number (none today).
 NO_PUBLISHED_NUMBER: set[str] = set()

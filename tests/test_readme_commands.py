@@ -37,9 +37,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cli import cli_env, run_cli
 from metalab.preflight import check_config
-from readme_commands import (
+from tests.helpers.cli import cli_env, run_cli
+from tests.helpers.configs import compose_train, options
+from tests.helpers.readme_commands import (
     EVAL_TINY,
     Command,
     collect,
@@ -48,7 +49,6 @@ from readme_commands import (
     tiny_train_args,
     tiny_values,
 )
-from test_configs import compose_train, options
 
 COMMANDS = collect()
 DATA_ROOT = Path(os.environ["METALAB_DATA"]) if os.environ.get("METALAB_DATA") else None

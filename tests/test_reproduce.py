@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cli import run_cli
 from metalab.compare.published import entry
 from metalab.paths import config_dir
+from tests.helpers.cli import run_cli
+from tests.helpers.paths import BENCHMARKS
 
 CONF = Path(config_dir())
 REPRODUCE = sorted(p.stem for p in (CONF / "reproduce").glob("*.yaml"))
@@ -101,9 +102,9 @@ def test_the_gpu_script_runs_its_table_and_prints_throughput(tmp_path):
     everything but the device is what a GPU run does."""
     import subprocess
 
-    from cli import cli_env
+    from tests.helpers.cli import cli_env
 
-    script = Path(__file__).parents[1] / "benchmarks" / "reproduce_gpu.sh"
+    script = BENCHMARKS / "reproduce_gpu.sh"
     out = subprocess.run(
         ["bash", str(script), "trainer.max_steps=2", "trainer.val_check_interval=2",
          "val.tasks=4", "eval.tasks=6", "strategy=loop"],
@@ -124,11 +125,11 @@ def test_the_gpu_script_refuses_without_a_gpu(tmp_path):
 
     import torch
 
-    from cli import cli_env
+    from tests.helpers.cli import cli_env
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    script = Path(__file__).parents[1] / "benchmarks" / "reproduce_gpu.sh"
+    script = BENCHMARKS / "reproduce_gpu.sh"
     out = subprocess.run(
         ["bash", str(script)], env=cli_env(OUT=str(tmp_path / "x")), capture_output=True,
         text=True, timeout=120,

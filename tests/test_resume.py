@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cli import cli_argv, cli_env, read_results, run_cli
 from metalab.checkpoints import load_checkpoint
 from metalab.run_lock import LOCK_NAME
+from tests.helpers.cli import cli_argv, cli_env, read_results, run_cli
 
 # Sinusoid MAML with a checkpoint every 20 steps: long enough (~10 s) to be killed part-way,
 # with Adam, a cosine schedule and the episode stream all to be restored.

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from cli import cli_argv, cli_env, run_cli
 from metalab import run_lock
 from metalab.checkpoints import load_checkpoint
 from metalab.errors import ConfigError
+from tests.helpers.cli import cli_argv, cli_env, run_cli
 
 HOLD = (
     "import sys, time; from pathlib import Path; from metalab import run_lock; "

@@ -14,9 +14,9 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict, read_write
 
-from cli import read_results, run_cli, wandb_run_record
 from metalab.paths import config_dir
 from metalab.run_names import SweepNames, job_label, sweep_label, swept_keys
+from tests.helpers.cli import read_results, run_cli, wandb_run_record
 
 OMNIGLOT = Path(os.environ.get("METALAB_DATA", "/nonexistent")) / "omniglot"
 EXPERIMENTS = "experiment=maml_omniglot_5w1s,fomaml_omniglot_5w1s,protonet_omniglot_5w1s"

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from metalab.paths import config_dir
 from metalab.run_status import RunGuard
 from metalab.schema import EVAL, TRAIN, numeric_keys
-from test_guard import completed_run, snapshot
+from tests.helpers.fake_runs import completed_run, snapshot
 
 PRESETS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
 ALGORITHMS = sorted(p.stem for p in (Path(config_dir()) / "algorithm").glob("*.yaml"))

@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from cli import read_results, run_cli
 from metalab.execution import AutoStrategy
 from metalab.execution import cache as strategy_cache
-from test_meta_gradient import SleepyLoop, metalab_meta_gradient, mlp_case
+from tests.helpers.cases import SleepyLoop, metalab_meta_gradient, mlp_case
+from tests.helpers.cli import read_results, run_cli
 
 
 class CountingLoop(SleepyLoop):

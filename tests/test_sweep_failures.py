@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cli import read_results, run_cli
+from tests.helpers.cli import read_results, run_cli
 
 SWEEP = [
     "-m",

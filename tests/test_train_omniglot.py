@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cli import read_results, train_run, wandb_summary
+from tests.helpers.cli import read_results, train_run, wandb_summary
 
 pytestmark = [
     pytest.mark.data,

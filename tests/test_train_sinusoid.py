@@ -6,8 +6,8 @@ import pytest
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
-from cli import read_results, run_cli, train_run, wandb_summary
 from metalab.assembly import build_data, build_module
+from tests.helpers.cli import read_results, run_cli, train_run, wandb_summary
 
 TRAIN = [
     "trainer.max_steps=1500",

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from cli import run_cli
 from metalab.errors import ConfigError
 from metalab.trainer import check_trainer_keys, make_trainer, passed_through
+from tests.helpers.cli import run_cli
 
 
 def trainer_config(**extra):

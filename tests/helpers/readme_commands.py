@@ -22,9 +22,9 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
-TINY = ROOT / "conf" / "debug" / "tiny.yaml"
+from tests.helpers.paths import CONF, README
+
+TINY = CONF / "debug" / "tiny.yaml"
 
 SHELL_FENCES = {"", "bash", "sh", "shell", "console"}
 TOOLS = {"metalab.train": "metalab-train", "metalab.evaluate": "metalab-eval",
@@ -250,5 +250,5 @@ REPRODUCE_JOBS = 2
 
 def table_presets(name: str) -> list[str]:
     """The first REPRODUCE_JOBS experiment presets a conf/reproduce/ sweep runs."""
-    sweep = yaml.safe_load((ROOT / "conf" / "reproduce" / f"{name}.yaml").read_text())
+    sweep = yaml.safe_load((CONF / "reproduce" / f"{name}.yaml").read_text())
     return str(sweep["hydra"]["sweeper"]["params"]["experiment"]).split(",")[:REPRODUCE_JOBS]
