@@ -240,7 +240,7 @@ def tiny_train_args(args: tuple[str, ...]) -> list[str]:
         out.append(f"hydra.sweeper.n_trials={SEARCH_TRIALS}")
     reproduce = [v for k, v in filter(None, map(split_override, args)) if k == "reproduce"]
     if reproduce:  # a paper's whole table: its first REPRODUCE_JOBS presets (each preset is
-        # trained on its own in tests/test_presets_run.py)
+        # trained on its own in tests/configs/test_presets_run.py)
         out.append(f"hydra.sweeper.params.experiment='{','.join(table_presets(reproduce[0]))}'")
     return [*out, "debug=tiny"]
 

@@ -112,7 +112,8 @@ def test_without_environment_wandb_gets_metalabs_defaults(tmp_path):
     init = wandb_init(tmp_path)
     assert (init["project"], init["entity"], init["job_type"]) == ("metalab", None, "train")
     assert init["dir"] == str(tmp_path) and init["group"] is None
-    assert init["name"] == tmp_path.name  # outside a Hydra job; see test_run_names.py
+    # outside a Hydra job (job names: tests/orchestration/test_run_names.py)
+    assert init["name"] == tmp_path.name
 
 
 class Summary:

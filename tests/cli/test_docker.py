@@ -115,7 +115,7 @@ def test_build_context_holds_what_the_image_copies_and_nothing_else():
         "src/metalab/__pycache__/cli.cpython-311.pyc",
         "src/metalab.egg-info/PKG-INFO",
         ".pytest_cache/v/cache/lastfailed",
-        "tests/test_docker.py",
+        "tests/cli/test_docker.py",
     ):
         assert not sent_to_docker(kept_out), f"{kept_out} would be sent to the Docker daemon"
 

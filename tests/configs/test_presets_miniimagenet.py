@@ -6,11 +6,12 @@ command lines and section 5.2, Nichol et al.'s README commands, the MAML++ confi
 Ravi & Larochelle's ``config/`` files (Meta-LSTM and their Matching Networks re-run).
 
 Training runs in this process on a generated mini-ImageNet in the pickle form (the writer of
-test_datasets_miniimagenet.py), with the split sizes patched down to 30 / 5 / 5 classes of 20
-images (30 training classes for ProtoNets' 30-way episodes; 20 images for 5 shots + 15
+tests/helpers/fake_miniimagenet.py), with the split sizes patched down to 30 / 5 / 5 classes
+of 20 images (30 training classes for ProtoNets' 30-way episodes; 20 images for 5 shots + 15
 queries) and shrunk to 32x32 by ``dataset.image_size`` (four max-pooling blocks leave 2x2).
-Each preset keeps its own ways, shots, queries and steps; only the run is cut (test_presets_run's
-``small``: two outer steps of at most two tasks, two validation and test tasks).
+Each preset keeps its own ways, shots, queries and steps; only the run is cut
+(tests/helpers/configs.py's ``small``: two outer steps of at most two tasks, two validation
+and test tasks).
 """
 
 from __future__ import annotations

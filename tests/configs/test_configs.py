@@ -45,7 +45,7 @@ def test_every_group_option_composes(group):
 def test_default_is_maml_on_sinusoid_offline():
     cfg = compose_train()
     assert (cfg.algorithm.name, cfg.dataset.name, cfg.model.name) == ("maml", "sinusoid", "mlp")
-    assert cfg.logger.wandb.mode is None  # $WANDB_MODE, else offline: tests/test_loggers.py
+    assert cfg.logger.wandb.mode is None  # $WANDB_MODE, else offline: tests/runs/test_loggers.py
     assert not cfg.algorithm.first_order
 
 
