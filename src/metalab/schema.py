@@ -175,6 +175,8 @@ TRAIN: dict[str, Spec] = {
     "algorithm.scale": _positive(1e6),
     "algorithm.shuffle_seed": SEED,
     "algorithm.adam_state": Spec("choice", choices=("carried", "fresh")),
+    "algorithm.num_context_params": _int(1, 1_000_000),
+    "algorithm.film_block": _int(1, 64, hint="a block of model.features, 1-based"),
 }
 
 # metalab-eval's settings (conf/eval.yaml): null keeps what the checkpoint was trained with.

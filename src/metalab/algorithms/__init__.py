@@ -14,6 +14,8 @@ from omegaconf import OmegaConf
 
 from metalab.algorithms.anil import ANIL
 from metalab.algorithms.base import Algorithm
+from metalab.algorithms.boil import BOIL
+from metalab.algorithms.cavia import CAVIA
 from metalab.algorithms.fomaml import FOMAML
 from metalab.algorithms.maml import MAML
 from metalab.algorithms.mamlpp import MAMLPlusPlus
@@ -37,6 +39,8 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "matchingnet": MatchingNet,
     "siamese": Siamese,
     "protonet": ProtoNet,
+    "cavia": CAVIA,
+    "boil": BOIL,
 }
 NOT_ARGUMENTS = ("name", "meta_batch")
 
