@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metalab.data.datamodule import EpisodeDataModule, build_sources
+from metalab.data.domains import check_variable, domain_protocol
 from metalab.module import MetaLearner
 
 BATCH_NORM_MODE = {
@@ -21,6 +22,7 @@ NON_TRANSDUCTIVE = (
 
 
 def build_data(cfg: DictConfig) -> tuple[EpisodeDataModule, tuple[int, ...], int]:
+    check_variable(cfg)  # before anything is decoded
     sources = build_sources(cfg.dataset)
     data = EpisodeDataModule(
         sources,
@@ -56,6 +58,7 @@ def protocol(cfg: DictConfig, split: str = "test") -> dict[str, Any]:
             shots=dataset.test_shots,
             queries=dataset.test_queries,
         )
+        record.update(domain_protocol(dataset))  # variable episodes, the test domains
     else:
         record.update(shots=dataset.test_shots, queries=dataset.test_queries)
     # Metric methods have no inner steps; Meta-LSTM learns its rates (no inner_lr).

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Subset
 
 from metalab.data.augment import augmentation
+from metalab.data.domains import Domains, domain_sources
 from metalab.data.episodes import (
     TEST_STREAM,
     VAL_STREAM,
@@ -19,16 +20,24 @@ from metalab.data.episodes import (
 from metalab.data.ragged import episode_source
 from metalab.data.sinusoid import SinusoidTasks
 from metalab.data.tasks import TaskBatch
+from metalab.data.variable import varies
 from metalab.errors import ConfigError
 
 DATASETS = (
     "sinusoid", "omniglot", "miniimagenet", "cifar_fs", "fc100", "imagefolder", "tieredimagenet",
-    "cub",
+    "cub", "multi",
 )  # fmt: skip
 
 
 def build_sources(cfg: Any) -> dict[str, TaskSource]:
-    """Task sources for "train", "val" and "test"; val/test use the test-time ways/shots."""
+    """Task sources for "train", "val" and "test"; val/test use the test-time ways/shots.
+
+    ``dataset=multi``, ``dataset.test`` (cross-domain) and ``dataset.sampler=variable`` are
+    built by ``metalab.data.domains``; their "test" may be ``Domains`` (tested one by one)."""
+    if cfg.get("test", None) is not None and cfg.name == "sinusoid":
+        raise ConfigError(
+            "dataset.test: sinusoid regression has no other domain to test on; remove it."
+        )
     if cfg.name == "sinusoid":
         return {
             "train": SinusoidTasks(int(cfg.shots), int(cfg.queries)),
@@ -37,6 +46,12 @@ def build_sources(cfg: Any) -> dict[str, TaskSource]:
         }
     if cfg.name not in DATASETS:
         raise ConfigError(f"dataset.name={cfg.name!r} is not known: choose one of {DATASETS}.")
+    if (
+        cfg.name == "multi"
+        or cfg.get("test", None) is not None
+        or cfg.get("sampler", "fixed") != "fixed"
+    ):
+        return domain_sources(cfg)
     augment = augmentation(cfg)  # checked before any image is decoded
     sources = episodes(load_pools(cfg), cfg)
     sources["train"] = augment(sources["train"])  # the training split only
@@ -114,8 +129,20 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.val_tasks, self.test_tasks, self.eval_batch = val_tasks, test_tasks, eval_batch
         self.train_episodes = TrainEpisodes(sources["train"], meta_batch, seed)
         self.val_episodes = FixedEpisodes(sources["val"], val_tasks, VAL_STREAM)
-        self.test_episodes = FixedEpisodes(sources["test"], test_tasks, TEST_STREAM)
+        # Test domains (dataset=multi, dataset.test) each get the same fixed episodes as
+        # when tested alone; ``domains`` is empty for one plain test set.
+        tests = sources["test"]
+        self.domains = list(tests) if isinstance(tests, Domains) else []
+        self.test_sets = {
+            label: FixedEpisodes(source, test_tasks, TEST_STREAM)
+            for label, source in (tests.items() if self.domains else [("", tests)])
+        }
+        self.test_episodes = next(iter(self.test_sets.values()))
         self.rank, self.world = 0, 1
+
+    def use_test_domain(self, label: str) -> None:
+        """Make the test split the episodes of test domain ``label``."""
+        self.test_episodes = self.test_sets[label]
 
     def setup(self, stage: str) -> None:
         """Under DDP each rank draws its share of every meta-batch and of the fixed tasks."""
@@ -130,13 +157,15 @@ class EpisodeDataModule(pl.LightningDataModule):
 
     def _fixed(self, episodes: FixedEpisodes) -> DataLoader:
         """Rank r evaluates tasks r, r + world, ...: each task once, none padded in (the
-        module gathers them back in order; see ``distributed.gather_tasks``)."""
+        module gathers them back in order; see ``distributed.gather_tasks``). Episodes of
+        varying shapes (dataset.sampler=variable) are evaluated one at a time."""
         shard = (
             episodes
             if self.world == 1
             else Subset(episodes, range(self.rank, len(episodes), self.world))
         )
-        return DataLoader(shard, batch_size=self.eval_batch, collate_fn=TaskBatch.stack)
+        batch = 1 if varies(episodes.source) else self.eval_batch
+        return DataLoader(shard, batch_size=batch, collate_fn=TaskBatch.stack)
 
     def train_dataloader(self) -> DataLoader:
         """Starts at the batch after the last one trained (a resumed run continues the stream)."""

@@ -131,10 +131,16 @@ def episode_source(
 
 
 def episode_shapes(cfg: Any) -> dict[str, Shape]:
-    """(ways, shots, queries) of each split from a dataset config: training ones for train."""
+    """(ways, shots, queries) of each split from a dataset config: training ones for train.
+
+    Splits named in ``cfg.optional_splits`` are left out: a multi-source member or a
+    ``dataset.test`` domain may leave them empty (``metalab.data.domains`` checks those that
+    have classes when it builds their episodes)."""
     train = (int(cfg.ways), int(cfg.shots), int(cfg.queries))
     test = (int(cfg.test_ways), int(cfg.test_shots), int(cfg.test_queries))
-    return {"train": train, "val": test, "test": test}
+    optional = set(cfg.get("optional_splits", None) or ())
+    shapes = {"train": train, "val": test, "test": test}
+    return {split: shape for split, shape in shapes.items() if split not in optional}
 
 
 def check_parts_fit(
