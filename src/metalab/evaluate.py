@@ -21,7 +21,14 @@ from metalab.errors import ConfigError, MetalabError
 from metalab.module import load_algorithm_state
 from metalab.preflight import check_episode_sizes, check_head
 from metalab.report import print_test_summary
-from metalab.results import completed_results, write_json
+from metalab.results import (
+    completed_results,
+    metrics_by_domain,
+    pooled_summary,
+    print_domains,
+    run_each_domain,
+    write_json,
+)
 
 log = logging.getLogger("metalab")
 
@@ -72,6 +79,9 @@ def training_config(ckpt: dict, overrides: DictConfig) -> DictConfig:
         algorithm.transductive = bool(overrides.transductive)
     if overrides.strategy is not None:
         cfg.strategy = overrides.strategy
+    test = overrides.get("dataset", {}).get("test")
+    if test is not None:  # cross-domain: test on other data set(s) (metalab.data.domains)
+        dataset.test = test
     cfg.eval.tasks, cfg.eval.batch = overrides.eval.tasks, overrides.eval.batch
     cfg.eval.curve_points = overrides.eval.get("curve_points")
     return cfg
@@ -89,7 +99,6 @@ def evaluate(overrides: DictConfig) -> dict:
     module = build_module(cfg, in_shape, out_features)
     load_weights(module, ckpt, overrides.ckpt_path)
     load_algorithm_state(module.algorithm, ckpt.get("metalab"))  # Reptile's carried Adam
-    loader = data.test_dataloader() if overrides.split == "test" else data.val_dataloader()
     if overrides.split == "val":
         data.val_episodes.num_tasks = int(overrides.eval.tasks)
     trainer = pl.Trainer(
@@ -100,11 +109,20 @@ def evaluate(overrides: DictConfig) -> dict:
         enable_model_summary=False,
         inference_mode=False,
     )
-    trainer.test(module, dataloaders=loader, verbose=False)
-    summary = module.test_summary
+
+    def test() -> None:
+        loader = data.test_dataloader() if overrides.split == "test" else data.val_dataloader()
+        trainer.test(module, dataloaders=loader, verbose=False)
+
+    if overrides.split == "val":  # one validation source, whatever the test domains
+        test()
+        summaries = {"": module.test_summary}
+    else:  # once, or once per test domain (dataset=multi, dataset.test)
+        summaries = run_each_domain(data, module, test)
+    summary = pooled_summary(summaries)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     results = completed_results(
-        {f"{overrides.split}/{module.metric}": summary},
+        metrics_by_domain(summaries, overrides.split),
         summary,
         protocol(cfg, overrides.split),
         run_dir,
@@ -115,6 +133,7 @@ def evaluate(overrides: DictConfig) -> dict:
     )
     write_json(run_dir / "results.json", results)
     print_test_summary(summary, results["protocol"], run_dir / "results.json")
+    print_domains(summaries)
     return results
 
 

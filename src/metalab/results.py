@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,84 @@ def completed_results(
         "run_dir": str(run_dir),
         "config": config,
     }
+
+
+# --- several test domains (dataset=multi, dataset.test) -------------------------------------
+
+
+def run_each_domain(data: Any, module: Any, test: Callable[[], object]) -> dict[str, dict]:
+    """``test()`` once per test domain of ``data`` (its ``domains``), each summary by label;
+    ``{"": summary}`` for a data module with one plain test set."""
+    labels = list(getattr(data, "domains", None) or [])
+    if not labels:
+        test()
+        return {"": module.test_summary}
+    summaries = {}
+    for label in labels:
+        data.use_test_domain(label)
+        test()
+        summaries[label] = module.test_summary
+    return summaries
+
+
+def _pool(points: list[tuple[float, float, int]]) -> tuple[float, float]:
+    """Mean and 95% half-width of the union of groups given as (mean, ci95, n) each, as
+    ``mean_and_ci95`` gives them over all the values together (the sample standard deviation
+    of each group recovered from its half-width, the spread between the groups added)."""
+    total = sum(n for _, _, n in points)
+    mean = sum(m * n for m, _, n in points) / total
+    squares = sum(
+        (n - 1) * (ci * math.sqrt(n) / 1.96) ** 2 + n * (m - mean) ** 2 for m, ci, n in points
+    )
+    std = math.sqrt(squares / (total - 1)) if total > 1 else 0.0
+    return mean, 1.96 * std / math.sqrt(total)
+
+
+def pooled_summary(summaries: dict[str, dict]) -> dict[str, Any]:
+    """One test summary over every domain's tasks together (the domains have equal numbers of
+    tasks, so its mean is the mean over domains), at each scored inner step."""
+    if len(summaries) == 1:
+        return next(iter(summaries.values()))
+    parts = list(summaries.values())
+    mean, ci = _pool([(s["mean"], s["ci95"], s["tasks"]) for s in parts])
+    per_step = []
+    for index, point in enumerate(parts[0]["per_step"]):
+        group = [(s["per_step"][index]["mean"], s["per_step"][index]["ci95"], s["tasks"])
+                 for s in parts]  # fmt: skip
+        step_mean, step_ci = _pool(group)
+        per_step.append({"step": point["step"], "mean": step_mean, "ci95": step_ci})
+    return {
+        "metric": parts[0]["metric"],
+        "mean": mean,
+        "ci95": ci,
+        "tasks": sum(s["tasks"] for s in parts),
+        "per_step": per_step,
+    }
+
+
+def metrics_by_domain(summaries: dict[str, dict], split: str = "test") -> dict[str, Any]:
+    """``{split}/<metric>`` (all domains together) first, where metalab-compare reads it, then
+    ``{split}/<domain>/<metric>`` for each test domain."""
+    summary = pooled_summary(summaries)
+    metric = summary["metric"]
+    metrics = {f"{split}/{metric}": summary}
+    for label, part in summaries.items():
+        if label:
+            metrics[f"{split}/{label}/{metric}"] = part
+    return metrics
+
+
+def print_domains(summaries: dict[str, dict]) -> None:
+    """One line per test domain under the test summary (the table shows them together)."""
+    if list(summaries) == [""]:
+        return
+    from rich.console import Console
+
+    console = Console()
+    for label, summary in summaries.items():
+        scale, unit = (100.0, " %") if summary["metric"] == "acc" else (1.0, "")
+        console.print(
+            f"test {summary['metric']} on {label}: {scale * summary['mean']:.3f} +- "
+            f"{scale * summary['ci95']:.3f}{unit} ({summary['tasks']} tasks)",
+            highlight=False,
+        )

@@ -26,7 +26,15 @@ from metalab.loggers import build_loggers, summarise_wandb
 from metalab.outcome import completed_value, run_job
 from metalab.preflight import check_config, refuse_ddp_in_local_sweeps
 from metalab.report import print_test_summary
-from metalab.results import completed_results, hardware, write_json
+from metalab.results import (
+    completed_results,
+    hardware,
+    metrics_by_domain,
+    pooled_summary,
+    print_domains,
+    run_each_domain,
+    write_json,
+)
 from metalab.resume import prepare_resume
 from metalab.run_status import COMPLETED, guard_run_dir, read_status, resume_mode
 from metalab.signals import lightning_handles_signals
@@ -76,17 +84,21 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     best = checkpoint.best_model_path
     test_started = (time.process_time(), time.perf_counter())
     with lightning_handles_signals(trainer, interrupt, run_dir):
-        trainer.test(
-            module, datamodule=data, ckpt_path=best or None, verbose=False, weights_only=True
+        summaries = run_each_domain(  # once, or once per test domain (multi, dataset.test)
+            data,
+            module,
+            lambda: trainer.test(
+                module, datamodule=data, ckpt_path=best or None, verbose=False, weights_only=True
+            ),
         )
     test_cpu = time.process_time() - test_started[0]
     test_wall = time.perf_counter() - test_started[1]
-    summary = module.test_summary
+    summary = pooled_summary(summaries)
     val_best = None if checkpoint.best_model_score is None else float(checkpoint.best_model_score)
     if not trainer.is_global_zero:  # every rank holds the gathered metrics; rank 0 writes them
         return val_best
     results = completed_results(
-        {f"test/{metric}": summary, f"val/{metric}_best": val_best},
+        {**metrics_by_domain(summaries), f"val/{metric}_best": val_best},
         summary,
         protocol(cfg),
         run_dir,
@@ -108,6 +120,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     write_json(run_dir / "results.json", results)
     summarise_wandb(loggers, metric, summary, module.strategy.name)
     print_test_summary(summary, results["protocol"], run_dir / "results.json")
+    print_domains(summaries)
     return val_best
 
 
