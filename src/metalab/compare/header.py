@@ -21,6 +21,8 @@ def setting_text(run: Run) -> str:
     (inner steps belong to the algorithm, not the setting)."""
     protocol = run.protocol
     dataset = protocol.get("dataset") or run.config.get("dataset.name") or "?"
+    if protocol.get("test_on"):  # cross-domain: trained on one data set, tested on others
+        dataset = f"{dataset} -> {protocol['test_on']}"
     parts = [f"{dataset} {protocol_text(protocol)}"]
     if protocol.get("queries") is not None:
         if protocol.get("ways") is not None:

@@ -51,6 +51,9 @@ class Run:
     train: dict[str, Any] = field(default_factory=dict)  # steps, cpu_seconds, wall_seconds
     test_time: dict[str, Any] = field(default_factory=dict)  # cpu_seconds, wall_seconds
     hardware: dict[str, Any] = field(default_factory=dict)  # cpu, torch_threads, gpu, ...
+    # test domain -> (mean, 95% CI over its tasks): dataset=multi's members, dataset.test's
+    # domains (results.json's test/<domain>/<metric>); empty for one plain test set
+    domains: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     checkpoint: Path | None = None  # metalab-eval: the checkpoint it tested
     commit: str | None = None  # git commit of the metalab that wrote it
     version: str | None = None  # metalab version
@@ -238,6 +241,7 @@ def _run_of(run_dir: Path, results: dict[str, Any]) -> Run:
     run.test_tasks = _typed(summary, "tasks", int, "a whole number", f"metrics.{key}.")
     run.per_step = _per_step(summary.get("per_step"), f"metrics.{key}.per_step")
     run.val_best = _number(metrics, f"val/{run.metric}_best", "metrics.")
+    run.domains = _domains(tests, run.metric)
     run.protocol = dict(_typed(results, "protocol", dict, "an object") or {})
     run.train = _numbers(results, "train", ("steps", "seconds", "cpu_seconds", "wall_seconds"))
     run.test_time = _numbers(results, "test", ("cpu_seconds", "wall_seconds"))
@@ -245,6 +249,22 @@ def _run_of(run_dir: Path, results: dict[str, Any]) -> Run:
     run.curve = read_curve(metrics_files(run_dir), run.metric)
     run.clock = read_clock(metrics_files(run_dir))
     return run
+
+
+def _domains(tests: dict[str, Any], metric: str) -> dict[str, tuple[float | None, float | None]]:
+    """``test/<domain>/<metric>`` entries as {domain: (mean, ci95)}, in results.json's order."""
+    found = {}
+    for key, summary in tests.items():
+        parts = key.split("/")
+        if len(parts) != 3 or parts[2] != metric:
+            continue
+        if not isinstance(summary, dict):
+            raise _Invalid(f"metrics.{key} is {_shown(summary)}, not an object with mean and ci95")
+        found[parts[1]] = (
+            _number(summary, "mean", f"metrics.{key}."),
+            _number(summary, "ci95", f"metrics.{key}."),
+        )
+    return found
 
 
 def _shown(value: Any) -> str:

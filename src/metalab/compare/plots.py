@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from metalab.compare.groups import t95  # noqa: E402
 from metalab.compare.published import Published, others, scale  # noqa: E402
-from metalab.compare.rows import Row  # noqa: E402
+from metalab.compare.rows import Row, off_the_tables  # noqa: E402
 from metalab.compare.timing import (  # noqa: E402
     Threshold,
     first_reached,
@@ -279,6 +279,8 @@ def contextual(rows: list[Row]) -> list[Published]:
     training rows share (an evaluation at other ways has its own published number, on its
     own bar); none where the rows span several settings."""
     rows = training(rows)
+    if any(off_the_tables(run) for row in rows for run in row.group.runs[:1]):
+        return []  # a setting no table has (other test domains, variable episodes)
     settings = {
         (
             run.config.get("dataset.name"),

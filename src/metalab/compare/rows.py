@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from metalab.compare.groups import Group
+from metalab.compare.groups import Group, mean_and_ci95
+from metalab.compare.load import Run
 from metalab.compare.published import Published, gap, lookup, outside_published_ci, scale
 
 
@@ -20,6 +21,8 @@ class Row:
     published: Published | None
     outside_ci: bool | None
     gap: float | None = None  # ours minus the paper's, in the published unit (points for %)
+    # test domain -> (mean over seeds, 95% CI), in the row's unit: see domain_results
+    domains: dict[str, tuple[float, float | None]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Flat, stable columns for CSV and Markdown."""
@@ -48,7 +51,40 @@ class Row:
             gap_to_published=self.gap,
             outside_published_ci=self.outside_ci,
         )
+        for label, (mean, ci) in self.domains.items():
+            record[f"test_mean[{label}]"] = mean
+            record[f"test_ci95[{label}]"] = ci
         return record
+
+
+def domain_results(group: Group, factor: float) -> dict[str, tuple[float, float | None]]:
+    """Each test domain's result over the group's runs (dataset=multi's members, the domains of
+    dataset.test): the mean over seeds with Student's t interval, or with one seed the run's
+    own interval over that domain's test tasks; scaled by ``factor``."""
+    labels = dict.fromkeys(label for run in group.runs for label in run.domains)
+    results = {}
+    for label in labels:
+        runs = [run for run in group.runs if run.domains.get(label, (None, None))[0] is not None]
+        if not runs:
+            continue
+        values = [run.domains[label][0] for run in runs]
+        mean, ci = mean_and_ci95(values, runs)
+        if len(runs) == 1:
+            ci = runs[0].domains[label][1]
+        results[label] = (factor * mean, factor * ci if ci is not None else None)
+    return results
+
+
+def off_the_tables(run: Run) -> bool:
+    """Whether a run's test setting is one no published table has: tested on other domains
+    (dataset.test) or on variable-way variable-shot episodes."""
+    shots = run.protocol.get("shots")
+    return bool(run.protocol.get("test_on")) or (shots is not None and not isinstance(shots, int))
+
+
+def published_for(run: Run) -> Published | None:
+    """The published number for a run's setting (none for one off the tables)."""
+    return None if off_the_tables(run) else lookup(run.config, run.protocol)
 
 
 def build_rows(groups: list[Group]) -> list[Row]:
@@ -61,7 +97,7 @@ def build_rows(groups: list[Group]) -> list[Row]:
         mean, ci = group.test()
         val_mean, _ = group.val_best()
         first = group.runs[0]
-        published = lookup(first.config, first.protocol)
+        published = published_for(first)
         shown = factor * mean if mean is not None else float("nan")
         rows.append(
             Row(
@@ -74,6 +110,7 @@ def build_rows(groups: list[Group]) -> list[Row]:
                 published=published,
                 outside_ci=outside_published_ci(shown, published) if published else None,
                 gap=gap(shown, published) if published and mean is not None else None,
+                domains=domain_results(group, factor),
             )
         )
     return rows

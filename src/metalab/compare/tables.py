@@ -94,6 +94,8 @@ def display_rows(rows: list[Row], sources: bool = True) -> tuple[list[str], list
     saying so; it has no training budget of its own."""
     header = ["group", "runs", "steps", "train CPU / run", "test (mean ± 95% CI)", "val best",
               "published", "gap to paper", "flag"]  # fmt: skip
+    domains = list(dict.fromkeys(label for row in rows for label in row.domains))
+    header += [f"test on {label}" for label in domains]  # dataset=multi, dataset.test
     cells = []
     for row in rows:
         p = row.published
@@ -112,9 +114,18 @@ def display_rows(rows: list[Row], sources: bool = True) -> tuple[list[str], list
                 else "",
                 gap_text(row),
                 flag_text(row),
+                *(domain_text(row, label) for label in domains),
             ]
         )
     return header, cells
+
+
+def domain_text(row: Row, label: str) -> str:
+    """A test domain's result in the row's unit, blank where the row was not tested on it."""
+    if label not in row.domains:
+        return ""
+    mean, ci = row.domains[label]
+    return f"{fmt(mean, ci)} {row.unit}"
 
 
 def header_lines(header: list[tuple[str, str]]) -> list[str]:
