@@ -174,14 +174,15 @@ def check_variable(cfg: Any) -> None:
     sampler, _ = check_sampler(cfg.dataset)
     if sampler != "variable":
         return
-    from metalab.algorithms import has_fixed_head
+    from metalab.algorithms import ALGORITHMS, has_fixed_head
 
     name = cfg.algorithm.name
     if has_fixed_head(name):
+        headless = ", ".join(sorted(n for n, c in ALGORITHMS.items() if not c.fixed_head))
         raise ConfigError(
             f"dataset.sampler=variable draws episodes of varying ways, but algorithm={name} "
-            f"learns a fixed {cfg.dataset.ways}-way output layer: use a metric method "
-            "(algorithm=protonet, matchingnet or siamese), or dataset.sampler=fixed."
+            f"learns a fixed {cfg.dataset.ways}-way output layer: use a method without one "
+            f"({headless}), or dataset.sampler=fixed."
         )
     trainer = cfg.get("trainer", None)
     ddp = trainer is not None and "ddp" in str(trainer.get("strategy", ""))
