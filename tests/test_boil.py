@@ -141,3 +141,17 @@ def test_config_and_a_model_without_a_head():
     headless = without_head(model.float(), (1, 16, 16))
     with pytest.raises(ConfigError, match="algorithm=boil needs a model whose last child"):
         BOIL(InnerLoop(headless, kind), 1, 0.1, 1, 0.1)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_evaluation_under_vmap_scores_as_the_loop(name):
+    """``strategy=vmap`` maps ``evaluate`` over tasks (validation, test): same scores."""
+    model, _, kind, batch, lr = three_tasks(name)
+    algorithm = BOIL(InnerLoop(model, kind), 1, lr, 2, lr)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    with torch.no_grad():
+        loop = LoopStrategy().map(algorithm.evaluate, params, batch)
+        vmapped = VmapStrategy(chunk=2).map(algorithm.evaluate, params, batch)
+    for key in ("loss", "metric"):
+        assert loop[key].shape == (len(batch), 3)
+        torch.testing.assert_close(vmapped[key], loop[key], rtol=1e-9, atol=1e-10)

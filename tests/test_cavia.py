@@ -268,3 +268,18 @@ def test_settings_come_from_the_config_and_bad_ones_are_refused():
     assert on_mlp.film_at is None and on_mlp.conditioning.weight.shape == (16, 5)
     assert on_mlp.conditioning.bias is None  # the first layer's bias is the model's
     assert isinstance(on_mlp.context_loop().model, Conditioned)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_evaluation_under_vmap_scores_as_the_loop(name):
+    """``strategy=vmap`` maps ``evaluate`` over tasks (validation, test): same scores."""
+    model, _, kind, batch, lr = case(name)
+    algorithm = cavia(model, kind, 1, lr)
+    algorithm.eval_inner_steps = 2
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    with torch.no_grad():
+        loop = LoopStrategy().map(algorithm.evaluate, params, batch)
+        vmapped = VmapStrategy(chunk=2).map(algorithm.evaluate, params, batch)
+    for key in ("loss", "metric"):
+        assert loop[key].shape == (len(batch), 3)
+        torch.testing.assert_close(vmapped[key], loop[key], rtol=1e-9, atol=1e-10)
