@@ -24,6 +24,7 @@ import os
 import secrets
 import socket
 import string
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -296,9 +297,8 @@ def finish_loggers(failed: bool) -> None:
             logger.finalize(status)
         except Exception as error:  # noqa: BLE001 - closing one must not hide the job's outcome
             log.warning("could not close the %s run: %s", type(logger).__name__, error)
-    import wandb
-
-    if wandb.run is not None:
+    wandb = sys.modules.get("wandb")  # never imported: no W&B run to close (nor installed)
+    if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=1 if failed else 0)
 
 

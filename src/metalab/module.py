@@ -28,6 +28,7 @@ from metalab.losses import TASK_KINDS
 from metalab.models import build_model
 from metalab.models.layout import apply_memory_format, resolve_memory_format
 from metalab.numerics import NonFiniteLossError, non_finite_error
+from metalab.precision import autocast_off
 from metalab.results import mean_and_ci95
 from metalab.rng import restore_rng_states, rng_states
 
@@ -93,13 +94,18 @@ class MetaLearner(pl.LightningModule):
             return batch.to(device, self.dtype)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
+    def backward_full_precision(self, loss: torch.Tensor) -> None:
+        """``manual_backward`` (loss scaling, DDP) with autocast off (``metalab.precision``)."""
+        with autocast_off():
+            self.manual_backward(loss)
+
     def training_step(self, batch: TaskBatch, batch_idx: int) -> None:
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
         params = dict(self.model.named_parameters())
         self.algorithm.on_outer_step(self.global_step, int(self.trainer.max_steps))
         losses, metrics = self.algorithm.outer_step(
-            params, batch, self.strategy, self.manual_backward
+            params, batch, self.strategy, self.backward_full_precision
         )
         loss = losses.mean()
         if not torch.isfinite(loss):

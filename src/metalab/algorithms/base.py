@@ -33,6 +33,7 @@ from metalab import fast_eval, objectives
 from metalab.data.tasks import TaskBatch
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, InnerStep, LearningRate, Params, recording
+from metalab.models.vectorised import is_vectorised
 
 Backward = Callable[[torch.Tensor], None]
 Scores = tuple[torch.Tensor, torch.Tensor]  # (loss, metric)
@@ -208,8 +209,10 @@ class FineTuning(Algorithm):
         score_at: Collection[int] | None = None,
     ) -> dict[str, torch.Tensor]:
         """A plain first-order rule (SGD with a number as the rate, Reptile's) runs without
-        graphs (``fast_eval``), the others per task (``evaluate_per_task``)."""
-        rule = fast_eval.rule_for(self)
+        graphs (``fast_eval``), the others per task (``evaluate_per_task``), as does every
+        rule under ``vmap`` (``strategy=vmap``'s per-task map), where the graph-free path's
+        ``requires_grad_`` and multi-tensor (``_foreach``) updates cannot run."""
+        rule = None if is_vectorised() else fast_eval.rule_for(self)
         if rule is None:
             return self.evaluate_per_task(
                 params, support_x, support_y, query_x, query_y, score_at=score_at

@@ -4,6 +4,7 @@ Some per-task fast paths must step aside under vmap: the native batch-norm kerne
 second-order gradients there (torch 2.13, ``shared/notes/vmap_batchnorm_repro.py``), and
 memory-layout conversions have no batching rule. Vectorised strategies run their per-task
 function inside ``vectorised()``; modules ask ``is_vectorised()``.
+Autocast is off inside (``metalab.precision``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from metalab.precision import autocast_off
+
 _VECTORISED: ContextVar[bool] = ContextVar("metalab_vectorised", default=False)
 
 
@@ -19,7 +22,8 @@ _VECTORISED: ContextVar[bool] = ContextVar("metalab_vectorised", default=False)
 def vectorised() -> Iterator[None]:
     token = _VECTORISED.set(True)
     try:
-        yield
+        with autocast_off():
+            yield
     finally:
         _VECTORISED.reset(token)
 
