@@ -177,6 +177,12 @@ TRAIN: dict[str, Spec] = {
     "algorithm.adam_state": Spec("choice", choices=("carried", "fresh")),
     "algorithm.num_context_params": _int(1, 1_000_000),
     "algorithm.film_block": _int(1, 64, hint="a block of model.features, 1-based"),
+    "algorithm.lam": _positive(1e6, hint="iMAML's proximal strength, R2-D2's ridge penalty"),
+    "algorithm.eval_lam": Spec("float", minimum=0, maximum=1e6, nullable=True),
+    "algorithm.cg_steps": _int(0, STEPS_MAX, hint="0 takes the query gradient itself"),
+    "algorithm.cg_damping": Spec("float", minimum=0, maximum=1e6),
+    "algorithm.learn_lambda": BOOL,
+    "algorithm.bias": Spec("float", minimum=-1e6, maximum=1e6),
 }
 
 # metalab-eval's settings (conf/eval.yaml): null keeps what the checkpoint was trained with.

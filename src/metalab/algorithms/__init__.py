@@ -17,12 +17,14 @@ from metalab.algorithms.base import Algorithm
 from metalab.algorithms.boil import BOIL
 from metalab.algorithms.cavia import CAVIA
 from metalab.algorithms.fomaml import FOMAML
+from metalab.algorithms.imaml import IMAML
 from metalab.algorithms.maml import MAML
 from metalab.algorithms.mamlpp import MAMLPlusPlus
 from metalab.algorithms.matchingnet import MatchingNet
 from metalab.algorithms.metalstm import MetaLSTM
 from metalab.algorithms.metasgd import MetaSGD
 from metalab.algorithms.protonet import ProtoNet
+from metalab.algorithms.r2d2 import R2D2
 from metalab.algorithms.reptile import Reptile
 from metalab.algorithms.siamese import Siamese
 from metalab.errors import ConfigError
@@ -41,6 +43,8 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "protonet": ProtoNet,
     "cavia": CAVIA,
     "boil": BOIL,
+    "imaml": IMAML,
+    "r2d2": R2D2,
 }
 NOT_ARGUMENTS = ("name", "meta_batch")
 
