@@ -66,6 +66,11 @@ OH_README = (
     "Oh et al. 2021, BOIL: Towards Representation Change for Few-shot Learning (ICLR), the "
     "authors' README (github.com/HJ-Yoo/BOIL) Table 1"
 )
+RAJESWARAN_OMNI = "Rajeswaran et al. 2019, Meta-Learning with Implicit Gradients (NeurIPS), Table 2"
+RAJESWARAN_MINI = "Rajeswaran et al. 2019, Meta-Learning with Implicit Gradients (NeurIPS), Table 3"
+BERTINETTO_MINI = (
+    "Bertinetto et al. 2019, Meta-learning with differentiable closed-form solvers (ICLR), Table 1"
+)
 
 RERUN_RAVI = "re-run by Ravi & Larochelle"
 AS_PRINTED = "± as printed (not confirmed to be a 95% CI)"
@@ -201,6 +206,27 @@ TABLE: dict[Key, Published] = {
     **_rows("miniimagenet", "boil", "BOIL", [(49.65, 0.19), (65.32, 0.34)], OH_README,
             interval="std over 5 x 1000 test tasks",
             note="the authors' README; the paper's table not checked"),
+    # iMAML with gradient descent in the inner loop (what algorithm=imaml runs): Table 2,
+    # checked in a transcription of the table with its caption (16 / 25 inner steps for 5 /
+    # 20 ways, lambda 2.0, 5 CG steps); the Hessian-free rows (99.50, 99.74, 96.18, 99.14)
+    # use an inner solver metalab does not have. mini-ImageNet: 49.30 +- 1.88 is the
+    # Hessian-free row as we recall the table, confirmed only second-hand (a reimplementation's
+    # README lists it as "iMAML"); its gradient-descent row (48.96 +- 1.84, from memory) and
+    # the table number are not confirmed, so the Hessian-free number stands here, noted.
+    **_rows("omniglot", "imaml", "iMAML (gradient descent)",
+            [(99.16, 0.35), (99.67, 0.12), (94.46, 0.42), (98.69, 0.1)], RAJESWARAN_OMNI,
+            interval=AS_PRINTED),
+    **_rows("miniimagenet", "imaml", "iMAML (Hessian-free inner solver)",
+            [(49.30, 1.88), (None, None)], RAJESWARAN_MINI, interval=AS_PRINTED,
+            note="Hessian-free inner solver (algorithm=imaml: gradient descent); the value "
+                 "confirmed second-hand, the table number not"),
+    # R2-D2 on mini-ImageNet with the paper's 96-192-384-512 embedding, as a reproduction's
+    # README (ArnoutDevos/r2d2) quotes the paper; the paper's Omniglot table and its R2-D2
+    # (64C) row (the Conv-4-sized embedding) could not be confirmed, so they are not here.
+    **_rows("miniimagenet", "r2d2", "R2-D2",
+            [(51.5, 0.2), (68.8, 0.2)], BERTINETTO_MINI, interval=AS_PRINTED, decimals=1,
+            note="96-192-384-512 embedding (metalab's presets: Conv-4, 64 filters); "
+                 "quoted from the paper second-hand, the table number not confirmed"),
     # Sinusoid: MAML's Appendix C.1 Table 2 (checked in the paper's text), K=5 at test.
     Key("sinusoid", "maml", None, 5, "1 step"): Published("MAML", 0.67, None, FINN_SIN),
     Key("sinusoid", "maml", None, 5, "5 steps"): Published("MAML", 0.38, None, FINN_SIN),
