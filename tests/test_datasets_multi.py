@@ -17,7 +17,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from metalab.assembly import build_data
+from metalab.assembly import build_data, build_module
 from metalab.data.datamodule import build_sources
 from metalab.data.domains import Domains, check_variable, convert_channels
 from metalab.data.episodes import FixedEpisodes, TrainEpisodes
@@ -25,6 +25,8 @@ from metalab.data.ragged import RaggedClasses
 from metalab.data.variable import VariableEpisodes, VariableRules, varies
 from metalab.errors import ConfigError
 from metalab.paths import config_dir
+from metalab.results import run_each_domain
+from metalab.trainer import make_trainer
 from tests.helpers.cli import read_results, run_cli
 from tests.helpers.fake_imagefolder import write_image
 
@@ -293,3 +295,29 @@ def test_build_data_refuses_a_fixed_head_on_variable_ways_before_decoding(tmp_pa
     with pytest.raises(ConfigError, match="algorithm=maml learns a fixed 2-way output layer"):
         build_data(cfg)  # what metalab-train and metalab-eval call before anything is decoded
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize(
+    ("algorithm", "sampler"),
+    [("maml", "fixed"), ("protonet", "variable"), ("r2d2", "variable")],
+)
+def test_algorithms_train_and_test_each_member(tmp_path, three, algorithm, sampler) -> None:
+    steps = ["algorithm.inner_steps=1"] if algorithm == "maml" else []
+    cfg = compose_multi(
+        *three, f"algorithm={algorithm}", "debug=tiny", "logger=none", "algorithm.meta_batch=1",
+        "model.channels=8", "dataset.image_size=16", f"dataset.sampler={sampler}",
+        "dataset.variable.min_ways=2", *steps,
+    )  # fmt: skip
+    data, in_shape, out_features = build_data(cfg)
+    module = build_module(cfg, in_shape, out_features)
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer, _, _ = make_trainer(cfg, tmp_path / "run", [], "val/acc", "max")
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+    summaries = run_each_domain(
+        data, module, lambda: trainer.test(module, datamodule=data, verbose=False)
+    )
+    assert list(summaries) == ["a", "b", "c"]
+    assert all(s["tasks"] == 2 and 0.0 <= s["mean"] <= 1.0 for s in summaries.values())
