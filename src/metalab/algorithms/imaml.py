@@ -39,6 +39,7 @@ from metalab.data.tasks import TaskBatch
 from metalab.distributed import average_gradients
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params, recording
+from metalab.models.vectorised import is_vectorised
 
 Operator = Callable[[Params], Params]
 
@@ -204,10 +205,10 @@ class IMAML(FineTuning):
         query_y: torch.Tensor,
         score_at: Collection[int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The test-time proximal problem, graph-free (``fast_eval``); under ``vmap``, whose
-        wrapped tensors ``fast_eval``'s autograd leaves cannot be, through ``torch.func``
-        (``evaluate_per_task``)."""
-        if torch._C._functorch.is_functorch_wrapped_tensor(support_x):
+        """The test-time proximal problem, graph-free (``fast_eval``); under ``vmap``
+        (``strategy=vmap``'s per-task map), where ``fast_eval``'s ``requires_grad_`` cannot
+        run, through ``torch.func`` (``evaluate_per_task``), as ``FineTuning`` does."""
+        if is_vectorised():
             return self.evaluate_per_task(
                 params, support_x, support_y, query_x, query_y, score_at=score_at
             )
