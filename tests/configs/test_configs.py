@@ -9,12 +9,12 @@ from tests.helpers.configs import compose_train, options
 
 def test_groups_hold_the_documented_options():
     assert options("algorithm") == [
-        "anil", "fomaml", "maml", "mamlpp", "matchingnet", "metalstm", "metasgd", "protonet",
-        "reptile", "siamese",
+        "anil", "boil", "cavia", "fomaml", "imaml", "maml", "mamlpp", "matchingnet", "metalstm",
+        "metasgd", "protonet", "r2d2", "reptile", "siamese",
     ]  # fmt: skip
     assert options("dataset") == [
-        "cifar_fs", "cub", "fc100", "imagefolder", "miniimagenet", "omniglot", "sinusoid",
-        "tieredimagenet",
+        "cifar_fs", "cub", "fc100", "imagefolder", "miniimagenet", "multi", "omniglot",
+        "sinusoid", "tieredimagenet",
     ]  # fmt: skip
     assert options("model") == ["conv4", "conv4_32", "koch", "mlp", "resnet12"]
     assert options("trainer") == ["cpu", "ddp", "ddp_cpu", "gpu"]
@@ -32,6 +32,11 @@ def test_groups_hold_the_documented_options():
             for s in ("5w1s", "5w5s")
         ]
         + ["maml_sinusoid", "siamese_koch_omniglot"]
+        + ["cavia_sinusoid", "cavia_miniimagenet_5w1s", "cavia_miniimagenet_5w5s"]
+        + ["boil_miniimagenet_5w1s", "boil_miniimagenet_5w5s"]
+        + ["imaml_omniglot_5w1s", "imaml_omniglot_20w1s", "imaml_miniimagenet_5w1s"]
+        + ["r2d2_omniglot_5w1s", "r2d2_omniglot_20w1s"]
+        + ["r2d2_miniimagenet_5w1s", "r2d2_miniimagenet_5w5s"]
     )
 
 

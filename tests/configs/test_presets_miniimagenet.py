@@ -68,6 +68,29 @@ METALSTM_1 = dict(
     grad_clip=0.25, max_steps=75_000, channels=32, downsample="maxpool", global_pool=False,
     augment=False,
 )  # fmt: skip
+# iMAML has no published mini-ImageNet protocol: MAML's, with iMAML's Omniglot lam/CG/steps
+IMAML_1 = {**MAML_1, "name": "imaml", "inner_steps": 16, "eval_inner_steps": 16, "lam": 2.0,
+           "cg_steps": 5, "cg_damping": 1.0}
+# the authors' mini_r2d2 block: 16-way episodes of 15 images a class, Adam 5e-3 halved every
+# 2,000 episodes, lam 50 fixed, scale from 1e-4, 10,000 test episodes (Conv-4 64 embedding)
+R2D2_1 = dict(
+    name="r2d2", ways=16, shots=1, queries=14, test_ways=5, test_shots=1, test_queries=15,
+    lam=50.0, learn_lambda=False, scale=1e-4, bias=0.0, meta_batch=1, optimizer="adam",
+    lr=0.005, scheduler="step", step_size=2000, gamma=0.5, max_steps=20_000, eval_tasks=10_000,
+    model="conv4", channels=64, downsample="maxpool", global_pool=False, augment=False,
+)  # fmt: skip
+CAVIA_1 = dict(
+    name="cavia", ways=5, shots=1, queries=15, test_queries=15, inner_steps=2, inner_lr=1.0,
+    eval_inner_steps=2, num_context_params=100, film_block=3, first_order=False, meta_batch=4,
+    optimizer="adam", lr=0.001, scheduler="step", step_size=5000, gamma=0.9, max_steps=60_000,
+    model="conv4", channels=32, downsample="maxpool", global_pool=False, augment=False,
+)  # fmt: skip
+BOIL_1 = dict(
+    name="boil", ways=5, shots=1, queries=15, test_queries=15, inner_steps=1, inner_lr=0.5,
+    eval_inner_steps=1, eval_inner_lr=0.5, first_order=False, meta_batch=4, optimizer="adam",
+    lr=0.001, scheduler="none", max_steps=30_000, model="conv4", channels=64,
+    downsample="maxpool", global_pool=False, augment=False,
+)  # fmt: skip
 
 PROTOCOLS = {
     "maml_miniimagenet_5w1s": {**MAML_1, "name": "maml", "first_order": False},
@@ -91,6 +114,13 @@ PROTOCOLS = {
     "metalstm_miniimagenet_5w1s": METALSTM_1,
     "metalstm_miniimagenet_5w5s": {**METALSTM_1, "shots": 5, "inner_steps": 8,
                                    "eval_inner_steps": 8, "max_steps": 50_000},
+    "imaml_miniimagenet_5w1s": IMAML_1,
+    "r2d2_miniimagenet_5w1s": R2D2_1,
+    "r2d2_miniimagenet_5w5s": {**R2D2_1, "shots": 5, "queries": 10, "test_shots": 5},
+    "cavia_miniimagenet_5w1s": CAVIA_1,
+    "cavia_miniimagenet_5w5s": {**CAVIA_1, "shots": 5, "meta_batch": 2},
+    "boil_miniimagenet_5w1s": BOIL_1,
+    "boil_miniimagenet_5w5s": {**BOIL_1, "shots": 5},
 }  # fmt: skip
 
 
@@ -117,7 +147,8 @@ def test_mini_imagenet_presets_carry_their_authors_settings(experiment):
     for key, value in PROTOCOLS[experiment].items():
         assert flat[key] == value, key
     assert cfg.dataset.name == "miniimagenet" and cfg.dataset.image_size == 84
-    assert cfg.dataset.split == "ravi" and cfg.eval.tasks == 600
+    assert cfg.dataset.split == "ravi"
+    assert cfg.eval.tasks == PROTOCOLS[experiment].get("eval_tasks", 600)
 
 
 def fake_blob(part: str, first_class: int) -> dict:
