@@ -15,7 +15,7 @@ parameters), and everything else (the update, the scoring) runs under ``torch.no
   this CPU, the identity at a third of that (it differs from ``tanh`` by float rounding,
   ~2e-7 absolute in float32, 1e-16 in float64).
 
-The numbers are the per-task path's up to float rounding (``tests/test_eval_speed.py``).
+The numbers are the per-task path's up to float rounding (``tests/algorithms/test_eval_speed.py``).
 """
 
 from __future__ import annotations

@@ -238,7 +238,7 @@ class FineTuning(Algorithm):
         score_at: Collection[int] | None = None,
     ) -> dict[str, torch.Tensor]:
         """``InnerLoop.evaluate`` with this algorithm's rule: the general path, and the
-        reference ``tests/test_eval_speed.py`` compares the fast one with."""
+        reference ``tests/algorithms/test_eval_speed.py`` compares the fast one with."""
         return self.inner_loop.evaluate(
             params,
             support_x,

@@ -49,7 +49,7 @@ def block_channels(block: nn.Module) -> int | None:
 class Conditioned(nn.Module):
     """``net`` run with a context: joined to the input (MLP) or FiLM of one block. It runs
     the model's children in order, which is the forward of the MLP, Conv-4 and ResNet-12
-    (``tests/test_cavia.py`` checks that an identity FiLM gives the model's output).
+    (``tests/gradients/test_cavia.py`` checks that an identity FiLM gives the model's output).
 
     It holds no values of its own: ``conditioning.*`` and ``context`` are empty slots on the
     meta device (made without random initialisation: this may run under ``vmap``), and the

@@ -179,7 +179,7 @@ class MetaLSTM(AdaptingAlgorithm):
 
     def evaluate_per_task(self, params, support_x, support_y, query_x, query_y, score_at=None):
         """The previous evaluation (``unroll`` with its graph cut after every step): the
-        reference that ``tests/test_eval_speed.py`` and ``benchmarks/eval_throughput.py``
+        reference that ``tests/algorithms/test_eval_speed.py`` and ``benchmarks/eval_throughput.py``
         compare ``evaluate`` with."""
         params = {k: p.detach() for k, p in params.items()}
         with torch.enable_grad():

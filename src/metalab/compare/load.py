@@ -144,7 +144,7 @@ def validation_step(logged: float) -> int:
     Lightning runs the validation that follows the N-th outer step before it counts that
     step for its loggers, so metrics.csv has it at ``step`` N-1 (a run with
     ``trainer.max_steps=4 trainer.val_check_interval=2`` logs its validations at steps 1
-    and 3, after 2 and 4 outer steps; tests/test_compare_report.py checks it on a real run).
+    and 3, after 2 and 4 outer steps; tests/report/test_compare_report.py checks it on a real run).
     """
     return int(logged) + 1
 
