@@ -11,17 +11,27 @@ line that only mentions a command further on (the Layout block's
 needs a GPU, SLURM, W&B online or Docker, or a data set that is not under ``$METALAB_DATA``.
 The rest run with ``debug=tiny`` (conf/debug/tiny.yaml); the rules that make them cheap and
 point their placeholders at this test's own outputs are the functions below.
+
+Each command knows its README section (the "## " heading above it): the "Set up" and "Using
+it" commands run in tests/cli/test_readme_usage.py, the others in tests/cli/test_readme_sweeps.py,
+each module with a ``Workspace`` of its own, so that two test workers share the commands.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
-from dataclasses import dataclass, field
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import pytest
 import yaml
 
+from tests.helpers.cli import cli_env, run_cli
 from tests.helpers.paths import CONF, README
 
 TINY = CONF / "debug" / "tiny.yaml"
@@ -58,6 +68,7 @@ class Command:
     docker: bool = False
     module: str | None = None  # python -m <module> that is not one of the console scripts
     line: int = 0
+    section: str = ""  # the README's "## " heading above it
 
     @property
     def multirun(self) -> bool:
@@ -151,9 +162,21 @@ def parse(tokens: list[str], text: str, line: int) -> Command | None:
     return None
 
 
+def sections(text: str) -> list[tuple[int, str]]:
+    """(line number, title) of each "## " heading outside the fenced blocks, in order."""
+    found, fenced = [], False
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.match(r"^\s*```", line):
+            fenced = not fenced
+        elif not fenced and line.startswith("## "):
+            found.append((number, line[3:].strip()))
+    return found
+
+
 def collect(text: str | None = None) -> list[Command]:
     """Every metalab command of the README's shell blocks, each once, in order."""
     text = README.read_text() if text is None else text
+    headings = sections(text)
     commands, seen = [], set()
     for block in shell_blocks(text):
         for number, line in logical_lines(block):
@@ -170,7 +193,8 @@ def collect(text: str | None = None) -> list[Command]:
                 part = []
                 if command is not None and command.text not in seen:
                     seen.add(command.text)
-                    commands.append(command)
+                    above = [title for start, title in headings if start < number]
+                    commands.append(replace(command, section=above[-1] if above else ""))
     return commands
 
 
@@ -252,3 +276,171 @@ def table_presets(name: str) -> list[str]:
     """The first REPRODUCE_JOBS experiment presets a conf/reproduce/ sweep runs."""
     sweep = yaml.safe_load((CONF / "reproduce" / f"{name}.yaml").read_text())
     return str(sweep["hydra"]["sweeper"]["params"]["experiment"]).split(",")[:REPRODUCE_JOBS]
+
+
+# --- running the commands: one workspace per test module ------------------------------------
+
+DATA_ROOT = Path(os.environ["METALAB_DATA"]) if os.environ.get("METALAB_DATA") else None
+TIMEOUT = 900
+# The README's sections whose commands tests/cli/test_readme_usage.py runs; the commands of
+# every other section are tests/cli/test_readme_sweeps.py's, so none is left out.
+USAGE_SECTIONS = ("Set up", "Using it")
+
+
+def usage_commands() -> list[Command]:
+    return [c for c in collect() if c.section in USAGE_SECTIONS]
+
+
+def sweep_commands() -> list[Command]:
+    return [c for c in collect() if c.section not in USAGE_SECTIONS]
+
+
+def command_ids(commands: list[Command]) -> list[str]:
+    """A test id per command, named by the command; a command whose short form repeats an
+    earlier one's anywhere in the README gets its line number too."""
+    ids: dict[Command, str] = {}
+    for command in collect():
+        short = command.short()
+        ids[command] = short if short not in ids.values() else f"{short} (line {command.line})"
+    return [ids[c] for c in commands]
+
+
+def _tail(out: subprocess.CompletedProcess) -> str:
+    stdout, stderr = out.stdout[-2000:], out.stderr[-4000:]
+    return f"exit {out.returncode}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+
+
+class Workspace:
+    """Runs README commands with the tiny budget, each at most once, each in a folder of its
+    own; a placeholder of a later command is the folder of the command that makes it, taken
+    from ``commands`` (the test module's own) when one of them makes it, so that no command
+    runs twice in one test session."""
+
+    def __init__(self, root: Path, commands: list[Command]):
+        self.root = root
+        self.commands = commands
+        self.done: dict[str, Path | AssertionError] = {}
+
+    def run(self, command: Command) -> Path:
+        """The command's folder, after running it (once) and checking that it succeeded."""
+        if command.text not in self.done:
+            try:
+                self.done[command.text] = self._run(command)
+            except AssertionError as error:
+                self.done[command.text] = error
+        result = self.done[command.text]
+        if isinstance(result, AssertionError):
+            raise AssertionError(str(result))
+        return result
+
+    def _run(self, command: Command) -> Path:
+        where = self.root / f"{collect().index(command):02d}"
+        where.mkdir(parents=True)
+        if command.tool == "metalab-train":
+            args = [*tiny_train_args(command.args), f"hydra.run.dir={where / 'run'}",
+                    f"hydra.sweep.dir={where / 'sweep'}"]  # fmt: skip
+        elif command.tool == "metalab-eval":
+            args = [*self.eval_args(command.args), *EVAL_TINY, f"hydra.run.dir={where / 'eval'}"]
+        elif command.tool == "metalab-compare":
+            args = self.compare_args(command.args)
+        else:
+            raise AssertionError(f"no rule to run {command.text!r} (README line {command.line})")
+        out = run_cli(command.tool, *args, cwd=where, timeout=TIMEOUT)
+        assert out.returncode == 0, (
+            f"README line {command.line}: {command.text}\nran as: {command.tool} "
+            f"{' '.join(args)}\n{_tail(out)}"
+        )
+        self.check(command, where)
+        return where
+
+    def check(self, command: Command, where: Path) -> None:
+        if command.tool == "metalab-compare":
+            out = where / (self.option(command.args, "--out") or "comparison")
+            assert (out / "comparison.md").is_file(), f"{command.text}: no {out}/comparison.md"
+            return
+        results = sorted(where.rglob("results.json"))
+        assert results, f"{command.text}: no results.json under {where}"
+        for path in results:
+            status = json.loads(path.read_text()).get("status")
+            assert status == "completed", f"{command.text}: {path} says {status!r}"
+
+    @staticmethod
+    def option(args: tuple[str, ...], name: str) -> str | None:
+        return args[args.index(name) + 1] if name in args[:-1] else None
+
+    def source(self, kind: str) -> Path:
+        """The output folder of the README command that makes ``kind``: "run" (a single
+        training run), "multirun" (a plain sweep) or "reproduce=<name>"; the first such
+        command of this module's, else of the whole README."""
+
+        def makes(c: Command) -> bool:
+            if c.tool != "metalab-train" or c.prints_only:
+                return False
+            keys = {kv[0]: kv[1] for kv in map(split_override, c.args) if kv}
+            if kind == "run":
+                return not c.multirun and "reproduce" not in keys
+            if kind == "multirun":
+                return c.multirun and not {"reproduce", "hparams_search"} & set(keys)
+            return f"reproduce={keys.get('reproduce')}" == kind
+
+        maker = next((c for c in [*self.commands, *collect()] if makes(c)), None)
+        assert maker is not None, f"the README has no command that makes a {kind} to use"
+        why = maker.compose_only(DATA_ROOT)
+        if why:
+            pytest.skip(f"its input, README line {maker.line} ({maker.text}), is not run: {why}")
+        try:
+            where = self.run(maker)
+        except AssertionError as error:
+            raise AssertionError(f"its input failed, {str(error).split(chr(10))[0]}") from None
+        return where / ("run" if kind == "run" else "sweep")
+
+    def eval_args(self, args: tuple[str, ...]) -> list[str]:
+        """ckpt_path=<any documented example> -> best.ckpt of a README run."""
+        out = []
+        for arg in args:
+            if arg.startswith("ckpt_path="):
+                arg = f"ckpt_path={self.source('run') / 'checkpoints' / 'best.ckpt'}"
+            out.append(arg)
+        return out
+
+    def compare_args(self, args: tuple[str, ...]) -> list[str]:
+        """outputs/... folders -> the folders this workspace's runs and sweeps wrote."""
+        out = []
+        for arg in args:
+            if arg.startswith("outputs/runs/"):
+                arg = str(self.source("run").parent)  # the folder of the day's runs
+            elif arg.startswith("outputs/multiruns/"):
+                arg = str(self.source("multirun"))
+            elif match := re.match(r"outputs/reproduce/([^/]+)/", arg):
+                arg = str(self.source(f"reproduce={match.group(1)}"))
+            elif arg.startswith("outputs/"):
+                raise AssertionError(f"no rule for the placeholder {arg!r}: add one above")
+            out.append(arg)
+        return out
+
+
+def run_documented(command: Command, workspace: Workspace, tmp_path: Path) -> None:
+    """One README command, as the test of its module runs it: composed only (and skipped
+    when its data is missing), run as written when it prints only, else run tiny."""
+    where = f"README line {command.line}: {command.text}"
+    why = command.compose_only(DATA_ROOT)
+    if why is not None:
+        args = [*first_job(command.args), "--cfg", "job"]
+        out = run_cli(command.tool, *args, cwd=tmp_path, timeout=TIMEOUT)
+        assert out.returncode == 0, f"{where}\ncomposed as: {' '.join(args)}\n{_tail(out)}"
+        assert "algorithm" in (yaml.safe_load(out.stdout) or {}), f"{where}\n{_tail(out)}"
+        if "METALAB_DATA" in why:
+            pytest.skip(f"composed only: {why}")
+        return
+    if command.module is not None:  # python -m metalab.<something> that is no console script
+        out = subprocess.run(
+            [sys.executable, "-m", command.module, *command.args], cwd=tmp_path, env=cli_env(),
+            capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+        assert out.returncode == 0 and out.stdout.strip(), f"{where}\n{_tail(out)}"
+        return
+    if command.prints_only:
+        out = run_cli(command.tool, *command.args, cwd=tmp_path, timeout=TIMEOUT)
+        assert out.returncode == 0 and out.stdout.strip(), f"{where}\n{_tail(out)}"
+        return
+    workspace.run(command)
