@@ -50,6 +50,10 @@ def test_each_table_runs_every_algorithm_with_a_published_number(setting):
     algorithms = {e.split("_")[0] for e in swept}
     for name in ("maml", "fomaml", "reptile", "metasgd", "mamlpp", "protonet", "matchingnet"):
         assert name in algorithms, name
+    for preset in (CONF / "experiment").glob(f"*_{setting}.yaml"):  # every preset with a number
+        algorithm = preset.stem.split("_")[0]
+        if any(entry(algorithm, dataset, ways, shots, v) for v in (None, "transductive", "no-fce")):
+            assert preset.stem in swept, preset.stem
 
 
 @pytest.mark.slow
