@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from metalab.algorithms import ALGORITHMS, build_algorithm, has_fixed_head
 from metalab.data.augment import augmentation
+from metalab.data.domains import check_variable
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop
 from metalab.loggers import require
@@ -271,6 +272,7 @@ def _check_config(cfg: Any) -> None:
     check_trainer_keys(cfg.trainer)
     check_logger_packages(cfg)
     check_algorithm_keys(cfg)
+    check_variable(cfg)
     check_algorithm_settings(cfg)
     check_head(cfg)
     check_episode_sizes(cfg)

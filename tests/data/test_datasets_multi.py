@@ -25,6 +25,7 @@ from metalab.data.ragged import RaggedClasses
 from metalab.data.variable import VariableEpisodes, VariableRules, varies
 from metalab.errors import ConfigError
 from metalab.paths import config_dir
+from metalab.preflight import check_config
 from metalab.results import run_each_domain
 from metalab.trainer import make_trainer
 from tests.helpers.cli import read_results, run_cli
@@ -295,6 +296,8 @@ def test_build_data_refuses_a_fixed_head_on_variable_ways_before_decoding(tmp_pa
     with pytest.raises(ConfigError, match="algorithm=maml learns a fixed 2-way output layer"):
         build_data(cfg)  # what metalab-train and metalab-eval call before anything is decoded
     assert not (tmp_path / "cache").exists()
+    with pytest.raises(ConfigError, match="algorithm=maml learns a fixed 2-way output layer"):
+        check_config(cfg)  # metalab-train's config check: before any run folder is made
 
 
 @pytest.mark.usefixtures("one_thread")
