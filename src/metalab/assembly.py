@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metalab.data.datamodule import EpisodeDataModule, build_sources
 from metalab.data.domains import check_variable, domain_protocol
+from metalab.data.rl import observation_and_action_sizes
 from metalab.module import MetaLearner
 
 BATCH_NORM_MODE = {
@@ -32,6 +33,9 @@ def build_data(cfg: DictConfig) -> tuple[EpisodeDataModule, tuple[int, ...], int
         test_tasks=int(cfg.eval.tasks),
         eval_batch=int(cfg.eval.batch),
     )
+    if cfg.dataset.task == "reinforcement":  # the policy maps observations to actions
+        observation, action = observation_and_action_sizes(str(cfg.dataset.name))
+        return data, (observation,), action
     example = sources["train"].sample(torch.Generator().manual_seed(0))
     in_shape = tuple(example.support_x.shape[1:])
     if cfg.dataset.task == "classification":
@@ -59,6 +63,12 @@ def protocol(cfg: DictConfig, split: str = "test") -> dict[str, Any]:
             queries=dataset.test_queries,
         )
         record.update(domain_protocol(dataset))  # variable episodes, the test domains
+    elif dataset.task == "reinforcement":  # trajectories per adaptation step and per score
+        record.update(
+            trajectories=dataset.test_shots,
+            scored_trajectories=dataset.test_queries,
+            horizon=dataset.horizon,
+        )
     else:
         record.update(shots=dataset.test_shots, queries=dataset.test_queries)
     # Metric methods have no inner steps; Meta-LSTM learns its rates (no inner_lr).

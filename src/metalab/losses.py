@@ -24,4 +24,13 @@ class TaskKind:
 
 CLASSIFICATION = TaskKind("classification", F.cross_entropy, accuracy, "acc", True)
 REGRESSION = TaskKind("regression", F.mse_loss, F.mse_loss, "mse", False)
-TASK_KINDS = {kind.name: kind for kind in (CLASSIFICATION, REGRESSION)}
+
+
+def no_supervised_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Reinforcement-learning tasks are scored by rollouts (``metalab.algorithms.maml_rl``)."""
+    raise NotImplementedError("a reinforcement-learning task has no supervised loss")
+
+
+# The metric of an RL task is the average return of its episodes.
+REINFORCEMENT = TaskKind("reinforcement", no_supervised_loss, no_supervised_loss, "return", True)
+TASK_KINDS = {kind.name: kind for kind in (CLASSIFICATION, REGRESSION, REINFORCEMENT)}

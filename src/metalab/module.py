@@ -120,6 +120,8 @@ class MetaLearner(pl.LightningModule):
         self.train_batches += 1
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log(f"train/{self.metric}", metrics.mean(), prog_bar=True, batch_size=len(batch))
+        for key, value in self.algorithm.step_metrics().items():
+            self.log(f"train/{key}", value, batch_size=len(batch))
 
     def _eval_steps(self) -> int:
         """Inner steps at test time (0 for the metric methods, which have none)."""
@@ -218,6 +220,17 @@ class MetaLearner(pl.LightningModule):
         if name not in OUTER_OPTIMIZERS:
             raise MetalabError(
                 f"optimizer.name={name!r} is not known: choose {' or '.join(OUTER_OPTIMIZERS)}."
+            )
+        if self.algorithm.writes_step and (
+            name != "sgd"
+            or float(opt_cfg.lr) != 1.0
+            or opt_cfg.scheduler not in (None, "none")
+            or opt_cfg.grad_clip
+        ):
+            raise MetalabError(
+                f"algorithm={self.cfg.algorithm.name} applies its own update (TRPO): set "
+                "optimizer.name=sgd optimizer.lr=1 optimizer.scheduler=none "
+                "optimizer.grad_clip=null (its experiment presets do)."
             )
         optimizer = OUTER_OPTIMIZERS[name](self.parameters(), lr=float(opt_cfg.lr))
         if opt_cfg.scheduler in (None, "none"):

@@ -183,6 +183,21 @@ TRAIN: dict[str, Spec] = {
     "algorithm.cg_damping": Spec("float", minimum=0, maximum=1e6),
     "algorithm.learn_lambda": BOOL,
     "algorithm.bias": Spec("float", minimum=-1e6, maximum=1e6),
+    # MAML-RL (policy gradient inner loop, TRPO outer step)
+    "algorithm.horizon": _int(1, 1_000_000, hint="steps per episode"),
+    "algorithm.gamma": _unit(hint="the discount"),
+    "algorithm.gae_lambda": _unit(hint="GAE's lambda (tau); 1: returns minus the baseline"),
+    "algorithm.normalize_advantages": BOOL,
+    "algorithm.baseline_reg": Spec("float", minimum=0, maximum=1e6),
+    "algorithm.max_kl": _positive(1e3, hint="TRPO's trust region, 0.01 in the paper"),
+    "algorithm.cg_iters": _int(1, STEPS_MAX),
+    "algorithm.ls_max_steps": _int(1, STEPS_MAX),
+    "algorithm.ls_backtrack_ratio": Spec("float", above=0, maximum=0.999),
+    "algorithm.sampling_seed": SEED,
+    "dataset.horizon": _int(1, 1_000_000, hint="steps per episode"),
+    "dataset.goal_low": Spec("float", minimum=-1e6, maximum=1e6),
+    "dataset.goal_high": Spec("float", minimum=-1e6, maximum=1e6),
+    "model.init_std": _positive(1e6, hint="the policy's initial standard deviation"),
 }
 
 # metalab-eval's settings (conf/eval.yaml): null keeps what the checkpoint was trained with.

@@ -19,6 +19,7 @@ from metalab.algorithms.cavia import CAVIA
 from metalab.algorithms.fomaml import FOMAML
 from metalab.algorithms.imaml import IMAML
 from metalab.algorithms.maml import MAML
+from metalab.algorithms.maml_rl import MAMLRL
 from metalab.algorithms.mamlpp import MAMLPlusPlus
 from metalab.algorithms.matchingnet import MatchingNet
 from metalab.algorithms.metalstm import MetaLSTM
@@ -45,6 +46,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "boil": BOIL,
     "imaml": IMAML,
     "r2d2": R2D2,
+    "maml_rl": MAMLRL,
 }
 NOT_ARGUMENTS = ("name", "meta_batch")
 

@@ -60,6 +60,10 @@ class Algorithm(nn.Module, ABC):
     eval_inner_steps: int = 0
     # The model and its task kind, run functionally; None for methods with no inner loop.
     inner_loop: InnerLoop | None = None
+    # Whether ``outer_step`` writes a finished update (theta - theta_new) into ``.grad``
+    # instead of a gradient (MAML-RL's TRPO step): the outer optimiser must then be plain
+    # SGD with lr 1, no schedule and no clipping, which the module checks.
+    writes_step: ClassVar[bool] = False
 
     def on_outer_step(self, step: int, total_steps: int) -> None:
         """Called before each outer step; annealed algorithms (MAML++, Reptile) use it."""
@@ -101,6 +105,11 @@ class Algorithm(nn.Module, ABC):
         detached = {k: p.detach() for k, p in params.items()}
         with torch.enable_grad():
             return self.inner_loop.gradients(detached, support_x, support_y, first_order=True)
+
+    def step_metrics(self) -> dict[str, float]:
+        """Extra numbers of the last outer step, logged as ``train/<name>`` (MAML-RL's
+        returns before and after adaptation); none here."""
+        return {}
 
     def checkpoint_state(self) -> dict:
         """State kept outside the parameters that a resumed run needs (Reptile's carried

@@ -18,6 +18,7 @@ from metalab.data.episodes import (
     TrainEpisodes,
 )
 from metalab.data.ragged import episode_source
+from metalab.data.rl import RL_DATASETS, rl_sources
 from metalab.data.sinusoid import SinusoidTasks
 from metalab.data.tasks import TaskBatch
 from metalab.data.variable import varies
@@ -25,7 +26,7 @@ from metalab.errors import ConfigError
 
 DATASETS = (
     "sinusoid", "omniglot", "miniimagenet", "cifar_fs", "fc100", "imagefolder", "tieredimagenet",
-    "cub", "multi",
+    "cub", "multi", *RL_DATASETS,
 )  # fmt: skip
 
 
@@ -38,6 +39,8 @@ def build_sources(cfg: Any) -> dict[str, TaskSource]:
         raise ConfigError(
             "dataset.test: sinusoid regression has no other domain to test on; remove it."
         )
+    if cfg.name in RL_DATASETS:  # goals (or velocities): the rollouts are the algorithm's
+        return rl_sources(cfg)
     if cfg.name == "sinusoid":
         return {
             "train": SinusoidTasks(int(cfg.shots), int(cfg.queries)),

@@ -10,6 +10,7 @@ from metalab import native
 from metalab.errors import ConfigError
 from metalab.models.conv4 import Conv4
 from metalab.models.embedding import without_head
+from metalab.models.gaussian_mlp import GaussianMLP
 from metalab.models.koch import KochNet
 from metalab.models.mlp import MLP
 from metalab.models.resnet12 import ResNet12
@@ -34,6 +35,15 @@ def _build_with_head(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> 
                 "use model=conv4 for images."
             )
         return MLP(in_shape[0], out_features, tuple(cfg.hidden))
+    if cfg.name == "gaussian_mlp":
+        if len(in_shape) != 1:
+            raise ConfigError(
+                f"model=gaussian_mlp is a policy on flat observations but this dataset gives "
+                f"{tuple(in_shape)}: use it with an RL dataset (dataset=navigation2d)."
+            )
+        return GaussianMLP(
+            in_shape[0], out_features, tuple(cfg.hidden), float(cfg.get("init_std", 1.0))
+        )
     if cfg.name == "conv4":
         _require_images(cfg.name, in_shape)
         return Conv4(
@@ -59,7 +69,9 @@ def _build_with_head(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> 
     if cfg.name == "koch":
         _require_images(cfg.name, in_shape)
         return KochNet(in_shape[0], out_features, image_size=in_shape[-1])
-    raise ConfigError(f"model.name={cfg.name!r} is not known: choose mlp, conv4, resnet12 or koch.")
+    raise ConfigError(
+        f"model.name={cfg.name!r} is not known: choose mlp, gaussian_mlp, conv4, resnet12 or koch."
+    )
 
 
 def _require_images(name: str, in_shape: tuple[int, ...]) -> None:
