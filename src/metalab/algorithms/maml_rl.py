@@ -28,7 +28,7 @@ from collections.abc import Collection
 from typing import ClassVar
 
 import torch
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from metalab.algorithms import policy_gradient as pg
 from metalab.algorithms.base import Algorithm, Backward, Replay, Scores
@@ -104,9 +104,10 @@ class MAMLRL(Algorithm):
         return lambda obs: functional_call(self.inner_loop.model, params, (obs,))
 
     def advantages(self, episodes: pg.Episodes) -> torch.Tensor:
-        return pg.advantages(
-            episodes, self.gamma, self.gae_lambda, self.baseline_reg, self.normalize
-        )
+        settings = (self.gamma, self.gae_lambda, self.baseline_reg, self.normalize)
+        if settings not in episodes.cache:
+            episodes.cache[settings] = pg.advantages(episodes, *settings)
+        return episodes.cache[settings]
 
     def inner_step(
         self, params: Params, episodes: pg.Episodes, lr: float, create_graph: bool
@@ -126,24 +127,6 @@ class MAMLRL(Algorithm):
         for episodes in support:
             params = self.inner_step(params, episodes, self.inner_lr, create_graph)
         return params
-
-    def sample_task(
-        self, params: Params, goal: torch.Tensor, shots: int, queries: int, generator
-    ) -> tuple[list[pg.Episodes], pg.Episodes, float]:
-        """One task's data: its support trajectories per inner step (each rolled out with the
-        policy adapted so far), its query trajectories, and the pre-adaptation return."""
-        support, adapted = [], {k: p.detach() for k, p in params.items()}
-        for i in range(self.inner_steps):
-            episodes = pg.rollout(self.env, self.policy(adapted), goal.expand(shots, -1), generator)
-            support.append(episodes)
-            if i == 0:
-                pre = float(episodes.returns().mean())
-            adapted = {
-                k: p.detach()
-                for k, p in self.inner_step(adapted, episodes, self.inner_lr, False).items()
-            }
-        query = pg.rollout(self.env, self.policy(adapted), goal.expand(queries, -1), generator)
-        return support, query, pre
 
     def surrogate(
         self,
@@ -173,20 +156,45 @@ class MAMLRL(Algorithm):
     def generator(self, *stream: int) -> torch.Generator:
         return torch.Generator().manual_seed(derive_seed(self.sampling_seed, *stream))
 
+    def task_policies(self, per_task: list[Params], episodes: int) -> pg.Policy:
+        """Each task's policy on its own ``episodes`` consecutive rows of the observations
+        (``vmap`` over the tasks' parameters), so all tasks' episodes step together."""
+        stacked = {k: torch.stack([p[k] for p in per_task]) for k in per_task[0]}
+        model = self.inner_loop.model
+        call = vmap(lambda p, obs: functional_call(model, p, (obs,)))
+
+        def policy(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            mean, log_std = call(stacked, obs.view(len(per_task), episodes, -1))
+            return mean.flatten(0, 1), log_std.flatten(0, 1)
+
+        return policy
+
     def sample_batch(self, params: Params, batch: TaskBatch):
-        """Every task's (support, query, query advantages) and its pre/post returns."""
+        """Every task's data, (support per inner step, query, query advantages), rolled out
+        for all tasks at once: support step i with the policies adapted by the steps before
+        it, the query with the fully adapted ones; and the returns before and after."""
         rank, _ = rank_and_world()
         generator = self.generator(self.step, rank)
-        data, pre, post = [], [], []
-        for i in range(len(batch)):
-            goal = batch.support_x[i, 0]
-            support, query, before = self.sample_task(
-                params, goal, batch.support_x.shape[1], batch.query_x.shape[1], generator
-            )
-            data.append((support, query, self.advantages(query)))
-            pre.append(before)
-            post.append(query.returns().mean())
-        return data, torch.tensor(pre), torch.stack(post)
+        tasks, shots, queries = len(batch), batch.support_x.shape[1], batch.query_x.shape[1]
+        goals = batch.support_x[:, 0]
+        adapted = [{k: p.detach() for k, p in params.items()} for _ in range(tasks)]
+        support: list[list[pg.Episodes]] = [[] for _ in range(tasks)]
+        for step in range(self.inner_steps):
+            policy = self.task_policies(adapted, shots)
+            rolled = pg.rollout(self.env, policy, goals.repeat_interleave(shots, 0), generator)
+            episodes = rolled.split(tasks)
+            if step == 0:
+                pre = torch.stack([e.returns().mean() for e in episodes])
+            for t in range(tasks):
+                support[t].append(episodes[t])
+                new = self.inner_step(adapted[t], episodes[t], self.inner_lr, False)
+                adapted[t] = {k: p.detach() for k, p in new.items()}
+        policy = self.task_policies(adapted, queries)
+        rolled = pg.rollout(self.env, policy, goals.repeat_interleave(queries, 0), generator)
+        query = rolled.split(tasks)
+        data = [(support[t], query[t], self.advantages(query[t])) for t in range(tasks)]
+        post = torch.stack([q.returns().mean() for q in query])
+        return data, pre, post
 
     # --- the contract -----------------------------------------------------------------------
 

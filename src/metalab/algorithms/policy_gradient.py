@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +24,8 @@ class Episodes:
     actions: torch.Tensor  # [time, episodes, actions]; the sampled (unclipped) action
     rewards: torch.Tensor  # [time, episodes], 0 after the episode ended
     mask: torch.Tensor  # [time, episodes], 1 while the episode runs
+    # advantages by their settings: held trajectories are differentiated through many times
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def returns(self) -> torch.Tensor:
         """The undiscounted return of each episode, [episodes] (what the paper reports)."""
