@@ -9,14 +9,14 @@ from tests.helpers.configs import compose_train, options
 
 def test_groups_hold_the_documented_options():
     assert options("algorithm") == [
-        "anil", "boil", "cavia", "fomaml", "imaml", "maml", "mamlpp", "matchingnet", "metalstm",
-        "metasgd", "protonet", "r2d2", "reptile", "siamese",
+        "anil", "boil", "cavia", "fomaml", "imaml", "maml", "maml_rl", "mamlpp", "matchingnet",
+        "metalstm", "metasgd", "protonet", "r2d2", "reptile", "siamese",
     ]  # fmt: skip
     assert options("dataset") == [
-        "cifar_fs", "cub", "fc100", "imagefolder", "miniimagenet", "multi", "omniglot",
-        "sinusoid", "tieredimagenet",
+        "cifar_fs", "cub", "fc100", "imagefolder", "miniimagenet", "multi", "navigation2d",
+        "omniglot", "sinusoid", "tieredimagenet",
     ]  # fmt: skip
-    assert options("model") == ["conv4", "conv4_32", "koch", "mlp", "resnet12"]
+    assert options("model") == ["conv4", "conv4_32", "gaussian_mlp", "koch", "mlp", "resnet12"]
     assert options("trainer") == ["cpu", "ddp", "ddp_cpu", "gpu"]
     assert options("logger") == ["csv", "mlflow", "none", "tensorboard", "wandb"]
     papers = ["omniglot_5w1s", "omniglot_5w5s", "omniglot_20w1s", "omniglot_20w5s"]
@@ -37,6 +37,7 @@ def test_groups_hold_the_documented_options():
         + ["imaml_omniglot_5w1s", "imaml_omniglot_20w1s", "imaml_miniimagenet_5w1s"]
         + ["r2d2_omniglot_5w1s", "r2d2_omniglot_20w1s"]
         + ["r2d2_miniimagenet_5w1s", "r2d2_miniimagenet_5w5s"]
+        + ["maml_rl_navigation2d"]
     )
 
 
