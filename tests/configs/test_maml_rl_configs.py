@@ -94,3 +94,18 @@ def test_an_outer_optimiser_that_would_change_trpos_step_is_refused(override):
     module = build_module(cfg, in_shape, out_features)
     with pytest.raises(MetalabError, match="optimizer.name=sgd optimizer.lr=1"):
         module.configure_optimizers()
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "hybrid"])
+def test_a_vectorised_strategy_is_refused_in_one_sentence(strategy):
+    from metalab.execution import build_strategy
+
+    cfg = compose_train(*PRESET, "debug=tiny")
+    data, in_shape, out_features = build_data(cfg)
+    module = build_module(cfg, in_shape, out_features)
+    batch = next(iter(data.train_episodes))
+    params = dict(module.model.named_parameters())
+    with pytest.raises(MetalabError, match=f"strategy={strategy}: .* use strategy=loop"):
+        module.algorithm.outer_step(
+            params, batch, build_strategy(strategy, None, None, "cpu"), None
+        )

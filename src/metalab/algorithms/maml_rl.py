@@ -39,8 +39,19 @@ from metalab.data.tasks import TaskBatch
 from metalab.distributed import average_gradients, rank_and_world
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params
+from metalab.models.vectorised import is_vectorised
 
 EVAL_STREAM = 7  # the rollout noise of evaluation, apart from training's
+
+
+def refuse_vectorised(strategy: str) -> None:
+    """Rollouts draw from a generator and read their returns: no ``vmap`` over tasks."""
+    if strategy.startswith(("vmap", "hybrid")):  # vmap's name carries its chunk size
+        raise ConfigError(
+            f"strategy={strategy.split('(')[0]}: algorithm=maml_rl rolls out all tasks of a "
+            "meta-batch together itself and evaluates test tasks one by one; use strategy=loop "
+            "(or auto)."
+        )
 
 
 class MAMLRL(Algorithm):
@@ -204,6 +215,7 @@ class MAMLRL(Algorithm):
     def outer_step(self, params: Params, batch: TaskBatch, strategy, backward: Backward) -> Scores:
         """Sample, adapt, and write TRPO's step as ``theta - theta_new`` into ``.grad`` (the
         tasks run in one loop here: ``strategy`` is not used, nor ``backward``)."""
+        refuse_vectorised(getattr(strategy, "name", "loop"))
         names = list(params)
         leaves = list(params.values())
         data, pre, post = self.sample_batch(params, batch)
@@ -247,6 +259,8 @@ class MAMLRL(Algorithm):
         """Return of ``len(query_x)`` trajectories after 0..eval_inner_steps steps, each step
         on ``len(support_x)`` fresh trajectories; noise seeded by the goal (fixed tasks give
         the same numbers in every evaluation). ``loss`` is minus the return."""
+        if is_vectorised():
+            refuse_vectorised("vmap")
         goal = support_x[0]
         bits = [int(v) + 2**40 for v in (goal.detach().double().cpu() * 2**30).round().long()]
         generator = self.generator(EVAL_STREAM, *bits)
