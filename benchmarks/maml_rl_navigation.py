@@ -10,7 +10,8 @@ with exactly the evaluation of ``metalab-train``'s test (``MAMLRL.evaluate``):
 
 ``--env-steps`` also times the batched environment alone (random actions, one intra-op
 thread), as environment steps per second for 1 and for 400 episodes stepping together,
-and their ratio.
+and their ratio; with Gymnasium's MuJoCo installed, HalfCheetah's for 20 episodes too (one
+simulator each, stepped in turn: no batching gain to expect).
 
     python benchmarks/maml_rl_navigation.py --ckpt outputs/runs/<run>/checkpoints/best.ckpt
 """
@@ -18,6 +19,7 @@ and their ratio.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 
 import torch
@@ -26,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from metalab.assembly import build_data, build_module
 from metalab.data.episodes import TEST_STREAM, FixedEpisodes
+from metalab.data.halfcheetah import HalfCheetah
 from metalab.data.navigation import Navigation2D
 from metalab.data.tasks import TaskBatch
 from metalab.paths import config_dir
@@ -45,11 +48,12 @@ def curve(module, tasks: int) -> list[tuple[float, float]]:
     return [mean_and_ci95(values[:, s]) for s in range(values.shape[1])]
 
 
-def env_steps_per_second(episodes: int, seconds: float = 2.0) -> float:
-    env, goals = Navigation2D(), torch.rand(episodes, 2) - 0.5
+def env_steps_per_second(episodes: int, seconds: float = 2.0, env=None) -> float:
+    env = env or Navigation2D()
+    goals = torch.rand(episodes, 1 if isinstance(env, HalfCheetah) else 2) - 0.5
     state, steps, started = env.reset(goals), 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        state, _, _ = env.step(state, 0.2 * torch.randn(episodes, 2), goals)
+        state, _, _ = env.step(state, 0.2 * torch.randn(episodes, env.action_size), goals)
         steps += episodes
     return steps / (time.perf_counter() - started)
 
@@ -79,6 +83,9 @@ def main() -> None:
         one, many = env_steps_per_second(1), env_steps_per_second(400)
         print(f"navigation2d env steps/s: 1 episode {one:,.0f}; 400 together {many:,.0f}")
         print(f"ratio (400 together / 1): {many / one:.0f}x")
+        if all(importlib.util.find_spec(m) is not None for m in ("gymnasium", "mujoco")):
+            cheetah = env_steps_per_second(20, env=HalfCheetah("vel"))
+            print(f"halfcheetah env steps/s, 20 episodes: {cheetah:,.0f}")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ def test_groups_hold_the_documented_options():
         "metalstm", "metasgd", "protonet", "r2d2", "reptile", "siamese",
     ]  # fmt: skip
     assert options("dataset") == [
-        "cifar_fs", "cub", "fc100", "imagefolder", "miniimagenet", "multi", "navigation2d",
-        "omniglot", "sinusoid", "tieredimagenet",
+        "cifar_fs", "cub", "fc100", "halfcheetah_dir", "halfcheetah_vel", "imagefolder",
+        "miniimagenet", "multi", "navigation2d", "omniglot", "sinusoid", "tieredimagenet",
     ]  # fmt: skip
     assert options("model") == ["conv4", "conv4_32", "gaussian_mlp", "koch", "mlp", "resnet12"]
     assert options("trainer") == ["cpu", "ddp", "ddp_cpu", "gpu"]
@@ -37,7 +37,7 @@ def test_groups_hold_the_documented_options():
         + ["imaml_omniglot_5w1s", "imaml_omniglot_20w1s", "imaml_miniimagenet_5w1s"]
         + ["r2d2_omniglot_5w1s", "r2d2_omniglot_20w1s"]
         + ["r2d2_miniimagenet_5w1s", "r2d2_miniimagenet_5w5s"]
-        + ["maml_rl_navigation2d"]
+        + ["maml_rl_navigation2d", "maml_rl_halfcheetah_vel"]
     )
 
 

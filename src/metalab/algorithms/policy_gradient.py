@@ -43,7 +43,7 @@ def rollout(env, policy: Policy, goals: torch.Tensor, generator: torch.Generator
     """One episode per row of ``goals`` [episodes, goal], all stepping together for
     ``env.horizon`` steps; the action noise is drawn from ``generator`` (on the CPU, so the
     same seed gives the same episodes on any device)."""
-    state = env.reset(goals)
+    state = env.reset(goals, generator)
     alive = torch.ones(goals.shape[0], dtype=goals.dtype, device=goals.device)
     observations, actions, rewards, masks = [], [], [], []
     for _ in range(env.horizon):

@@ -32,8 +32,8 @@ class Navigation2D:
             raise ConfigError(f"dataset.horizon={horizon}: set it to at least 1 step.")
         self.horizon = horizon
 
-    def reset(self, goals: torch.Tensor) -> torch.Tensor:
-        """Every episode starts at the origin."""
+    def reset(self, goals: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Every episode starts at the origin (no randomness to draw)."""
         return torch.zeros_like(goals)
 
     def step(
