@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from metalab.algorithms import ALGORITHMS, build_algorithm, has_fixed_head
+from metalab.algorithms import ALGORITHMS, build_algorithm, check_task_kind, has_fixed_head
 from metalab.data.augment import augmentation
 from metalab.data.domains import check_variable
 from metalab.errors import ConfigError
@@ -267,6 +267,7 @@ def check_config(cfg: Any) -> None:
 
 def _check_config(cfg: Any) -> None:
     check_values(cfg)
+    check_task_kind(str(cfg.algorithm.name), str(cfg.dataset.task), str(cfg.dataset.name))
     check_learning_rates(cfg)
     check_scheduler(cfg)
     check_trainer_keys(cfg.trainer)

@@ -288,9 +288,25 @@ def _lookup(cfg: DictConfig, key: str) -> tuple[bool, Any]:
     return True, node
 
 
+def _interpolated(cfg: DictConfig, key: str) -> bool:
+    """Whether ``key`` takes its value from another key (``${...}``)."""
+    *parents, last = key.split(".")
+    node: Any = cfg
+    for part in parents:
+        if not isinstance(node, DictConfig) or part not in node:
+            return False
+        node = node._get_node(part)
+    return isinstance(node, DictConfig) and last in node and OmegaConf.is_interpolation(node, last)
+
+
 def check_values(cfg: DictConfig, specs: dict[str, Spec] | None = None) -> None:
-    """Every listed key the config has, against its spec; the first misfit is refused."""
-    for key, spec in (TRAIN if specs is None else specs).items():
+    """Every listed key the config has, against its spec; the first misfit is refused. Keys
+    that copy another (``algorithm.horizon: ${dataset.horizon}``) come last, so a bad value
+    is named by the key that holds it."""
+    listed = TRAIN if specs is None else specs
+    order = sorted(listed, key=lambda k: _interpolated(cfg, k))
+    for key in order:
+        spec = listed[key]
         present, value = _lookup(cfg, key)
         if not present:
             continue

@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from metalab import module as module_source
-from metalab.algorithms import ALGORITHMS, build_algorithm, has_fixed_head
+from metalab.algorithms import ALGORITHMS, algorithms_for, build_algorithm, has_fixed_head
 from metalab.algorithms.anil import ANIL
 from metalab.algorithms.base import AdaptingAlgorithm, Algorithm, Replay, TaskObjective
 from metalab.algorithms.maml import MAML
@@ -59,10 +59,11 @@ def tiny_model(head: bool) -> torch.nn.Module:
     return model if head else without_head(model, (1, 16, 16))
 
 
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+@pytest.mark.parametrize("name", algorithms_for("classification"))
 def test_every_algorithm_fulfils_the_contract(name):
     """Built from its own config (inner steps cut to 1), each algorithm trains a step,
-    evaluates a task, replays one and saves its state through the contract alone."""
+    evaluates a task, replays one and saves its state through the contract alone (MAML-RL,
+    on rollouts instead of image episodes: tests/gradients/test_maml_rl.py)."""
     cls = ALGORITHMS[name]
     assert issubclass(cls, Algorithm) and not cls.__abstractmethods__
     assert has_fixed_head(name) is cls.fixed_head
@@ -255,6 +256,22 @@ def test_mamlpp_keeps_its_multi_step_objective_out_of_hybrid():
 def test_only_task_objectives_offer_a_meta_objective():
     """Reptile's outer step is its own update; the others are a strategy over an objective."""
     for name, cls in ALGORITHMS.items():
-        outer_step_only = name in ("reptile", "imaml")  # no per-task objective to differentiate
+        outer_step_only = name in ("reptile", "imaml", "maml_rl")  # writes its own update
         assert issubclass(cls, TaskObjective) is not outer_step_only, name
         assert hasattr(cls, "meta_objective") is not outer_step_only, name
+
+
+def test_every_algorithm_has_a_task_kind_and_is_refused_on_another():
+    """Each algorithm names the kinds of task it learns from; the config check refuses an
+    algorithm on a data set of another kind before any data, naming the ones that fit."""
+    from metalab.errors import ConfigError
+    from metalab.preflight import check_config
+
+    assert sorted(ALGORITHMS) == sorted(
+        set(algorithms_for("classification")) | set(algorithms_for("reinforcement"))
+    )
+    assert algorithms_for("reinforcement") == ["maml_rl"]
+    with pytest.raises(ConfigError, match=r"algorithm=maml_rl cannot learn from dataset=omniglot"):
+        check_config(compose_train("algorithm=maml_rl", "dataset=omniglot"))
+    with pytest.raises(ConfigError, match=r"dataset=navigation2d .*choose one of maml_rl"):
+        check_config(compose_train("experiment=maml_rl_navigation2d", "algorithm=maml"))

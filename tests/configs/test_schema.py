@@ -11,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from metalab.algorithms import algorithm_class
 from metalab.paths import config_dir
 from metalab.run_status import RunGuard
 from metalab.schema import EVAL, TRAIN, numeric_keys
@@ -47,7 +48,12 @@ def _value(cfg: DictConfig, key: str):
 def numeric_defaults() -> list[tuple[str, str, list[str]]]:
     """(key, kind, base overrides under which the key exists) for every number and flag."""
     found: dict[str, tuple[str, list[str]]] = {}
-    bases = [[]] + [[f"algorithm={a}", "dataset=omniglot", "model=conv4"] for a in ALGORITHMS]
+    bases = [[]] + [
+        [f"algorithm={a}", "dataset=omniglot", "model=conv4"]
+        if "classification" in algorithm_class(a).task_kinds
+        else [f"experiment={a}_navigation2d"]  # MAML-RL: its own task family
+        for a in ALGORITHMS
+    ]
     bases.append(["dataset=omniglot", "model=conv4", "dataset.augment=koch"])
     for base in bases:
         cfg = compose_with("train", *base)

@@ -18,6 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from metalab.algorithms import algorithms_for
 from metalab.assembly import build_data, build_module
 from metalab.data import imagefiles
 from metalab.data.datamodule import build_sources
@@ -420,7 +421,7 @@ def test_metalab_train_on_a_generated_image_folder(tmp_path: Path, algorithm: st
     assert evaluated["metrics"]["test/acc"]["tasks"] == 3
 
 
-ALGORITHMS = sorted(p.stem for p in (Path(config_dir()) / "algorithm").glob("*.yaml"))
+ALGORITHMS = algorithms_for("classification")  # every one that learns from image episodes
 INNER_STEPS = {"inner_steps": "algorithm.inner_steps=1",
                "eval_inner_steps": "algorithm.eval_inner_steps=1"}  # fmt: skip
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from metalab.algorithms import algorithms_for
 from metalab.assembly import build_data, build_module
 from metalab.data import cifar, miniimagenet
 from metalab.paths import config_dir
@@ -21,7 +22,7 @@ from tests.helpers import fake_cifar, fake_miniimagenet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ALGORITHMS = sorted(p.stem for p in (Path(config_dir()) / "algorithm").glob("*.yaml"))
+ALGORITHMS = algorithms_for("classification")  # every one that learns from image episodes
 TINY_RUN = [
     "trainer.max_steps=2",
     "trainer.val_check_interval=2",

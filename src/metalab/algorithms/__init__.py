@@ -59,6 +59,22 @@ def algorithm_class(name: str) -> type[Algorithm]:
     return ALGORITHMS[name]
 
 
+def algorithms_for(task: str) -> list[str]:
+    """The algorithms that learn from tasks of kind ``task`` (``dataset.task``)."""
+    return sorted(n for n, cls in ALGORITHMS.items() if task in cls.task_kinds)
+
+
+def check_task_kind(name: str, task: str, dataset: str) -> None:
+    """An algorithm meets a data set whose kind of task it can learn from, or is refused."""
+    kinds = algorithm_class(name).task_kinds
+    if task not in kinds:
+        raise ConfigError(
+            f"algorithm={name} cannot learn from dataset={dataset} ({task} tasks; it learns "
+            f"from {' or '.join(kinds)} tasks): choose one of "
+            f"{', '.join(algorithms_for(task))} for this data set, or another data set."
+        )
+
+
 def has_fixed_head(name: str) -> bool:
     """Whether the algorithm's model ends in a linear head with one output per training way
     (the MAML family, Meta-LSTM); metric methods (``fixed_head = False``) embed only."""

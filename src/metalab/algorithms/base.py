@@ -56,6 +56,9 @@ class Algorithm(nn.Module, ABC):
     # Whether the model ends in a linear head with one output per training way (the MAML
     # family, Meta-LSTM); the metric methods embed only, so their test ways may differ.
     fixed_head: ClassVar[bool] = True
+    # The kinds of task (``dataset.task``) it learns from: supervised episodes, or a
+    # reinforcement-learning task family's rollouts (MAML-RL); checked before any data.
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "regression")
     # Inner steps at test time: the length of the test-time curve (0: no inner loop).
     eval_inner_steps: int = 0
     # The model and its task kind, run functionally; None for methods with no inner loop.

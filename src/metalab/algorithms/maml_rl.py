@@ -56,6 +56,7 @@ def refuse_vectorised(strategy: str) -> None:
 
 class MAMLRL(Algorithm):
     writes_step: ClassVar[bool] = True
+    task_kinds: ClassVar[tuple[str, ...]] = ("reinforcement",)
 
     def __init__(
         self,
