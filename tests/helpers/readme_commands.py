@@ -44,6 +44,7 @@ NEEDS = [
     ("needs a GPU", re.compile(r"^(trainer=(gpu|ddp)|trainer\.accelerator=(gpu|cuda))$")),
     ("needs SLURM", re.compile(r"^hydra/launcher=(slurm|submitit_slurm)$")),
     ("needs W&B online", re.compile(r"^(logger\.wandb\.mode|WANDB_MODE)=online$")),
+    ("needs MuJoCo (the rl extra)", re.compile(r"^(experiment|dataset)=\S*halfcheetah")),
 ]
 # Data sets by a word in the command (an experiment, dataset, reproduce or search preset's
 # name) and the folder under $METALAB_DATA that holds them (conf/dataset/*.yaml's root).
