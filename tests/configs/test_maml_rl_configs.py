@@ -81,7 +81,8 @@ def test_an_image_data_set_is_refused_with_the_rl_families(tmp_path):
     with pytest.raises(SystemExit) as stop:
         RunGuard().on_run_start(cfg)
     message = str(stop.value.code)
-    assert "algorithm.env='omniglot'" in message and "navigation2d" in message
+    assert "algorithm=maml_rl cannot learn from dataset=omniglot" in message
+    assert "dataset=halfcheetah_dir|halfcheetah_vel|navigation2d" in message
     assert not (tmp_path / "r").exists()
 
 

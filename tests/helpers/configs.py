@@ -40,3 +40,22 @@ def small(experiment: str):
         if "eval_inner_steps" in cfg.algorithm and cfg.algorithm.name == "reptile":
             cfg.algorithm.eval_inner_steps = 2  # Reptile's 50 test steps, cut for time
     return cfg
+
+
+def refused_without_mujoco(cfg) -> bool:
+    """A MuJoCo preset where Gymnasium's MuJoCo is not installed: the config check must refuse
+    it with the install command (True: checked); False where the check can run in full."""
+    import importlib.util
+
+    import pytest
+
+    from metalab.errors import ConfigError
+    from metalab.preflight import check_config
+
+    if "halfcheetah" not in str(cfg.dataset.name):
+        return False
+    if all(importlib.util.find_spec(m) is not None for m in ("gymnasium", "mujoco")):
+        return False
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[rl\]'"):
+        check_config(cfg)
+    return True

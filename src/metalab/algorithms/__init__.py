@@ -8,6 +8,7 @@ layer reads) is a keyword argument of its class; every class fulfils the contrac
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -30,6 +31,7 @@ from metalab.algorithms.reptile import Reptile
 from metalab.algorithms.siamese import Siamese
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop
+from metalab.paths import config_dir
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "maml": MAML,
@@ -64,14 +66,23 @@ def algorithms_for(task: str) -> list[str]:
     return sorted(n for n, cls in ALGORITHMS.items() if task in cls.task_kinds)
 
 
+def datasets_for(kinds: tuple[str, ...]) -> list[str]:
+    """The data set options (``conf/dataset``) whose tasks are of one of ``kinds``."""
+    folder = Path(config_dir()) / "dataset"
+    return sorted(
+        p.stem for p in folder.glob("*.yaml") if OmegaConf.load(p).get("task") in kinds
+    )
+
+
 def check_task_kind(name: str, task: str, dataset: str) -> None:
     """An algorithm meets a data set whose kind of task it can learn from, or is refused."""
     kinds = algorithm_class(name).task_kinds
     if task not in kinds:
         raise ConfigError(
             f"algorithm={name} cannot learn from dataset={dataset} ({task} tasks; it learns "
-            f"from {' or '.join(kinds)} tasks): choose one of "
-            f"{', '.join(algorithms_for(task))} for this data set, or another data set."
+            f"from {' or '.join(kinds)} tasks): choose dataset="
+            f"{'|'.join(datasets_for(kinds))}, or one of {', '.join(algorithms_for(task))} "
+            f"for dataset={dataset}."
         )
 
 
