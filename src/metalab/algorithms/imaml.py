@@ -39,7 +39,6 @@ from metalab.data.tasks import TaskBatch
 from metalab.distributed import average_gradients
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params, recording
-from metalab.models.vectorised import is_vectorised
 
 Operator = Callable[[Params], Params]
 
@@ -72,10 +71,14 @@ def conjugate_gradient(operator: Operator, b: Params, steps: int) -> Params:
     return x
 
 
-def proximal_rule(lr: float, lam: float, theta: list[torch.Tensor]) -> fast_eval.Rule:
-    """A graph-free step of gradient descent on support loss + lam/2 ||phi - theta||^2."""
+def proximal_rule(lr: float, lam: float) -> fast_eval.Rule:
+    """A graph-free step of gradient descent on support loss + lam/2 ||phi - theta||^2, theta
+    being the parameters the first step starts from (a rule serves one task)."""
+    theta: list[torch.Tensor] = []
 
     def step(params: list[torch.Tensor], grads: list[torch.Tensor], index: int):
+        if index == 0:
+            theta[:] = [p.detach() for p in params]
         return [p - lr * (g + lam * (p - t)) for p, g, t in zip(params, grads, theta, strict=True)]
 
     return step
@@ -196,33 +199,10 @@ class IMAML(FineTuning):
             loss, _ = self.query_scores(phi, one.query_x, one.query_y)
         return Replay(float(loss), steps)
 
-    def evaluate(
-        self,
-        params: Params,
-        support_x: torch.Tensor,
-        support_y: torch.Tensor,
-        query_x: torch.Tensor,
-        query_y: torch.Tensor,
-        score_at: Collection[int] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """The test-time proximal problem, graph-free (``fast_eval``); under ``vmap``
-        (``strategy=vmap``'s per-task map), where ``fast_eval``'s ``requires_grad_`` cannot
-        run, through ``torch.func`` (``evaluate_per_task``), as ``FineTuning`` does."""
-        if is_vectorised():
-            return self.evaluate_per_task(
-                params, support_x, support_y, query_x, query_y, score_at=score_at
-            )
-        theta = [p.detach() for p in params.values()]
-        return fast_eval.adapt_and_score(
-            self.inner_loop,
-            params,
-            (support_x, support_y),
-            (query_x, query_y),
-            self.eval_inner_steps,
-            proximal_rule(self.eval_inner_lr, self.eval_lam, theta),
-            True,
-            score_at,
-        )
+    def eval_rule(self) -> fast_eval.Rule:
+        """The test-time proximal problem, graph-free (``fast_eval``; ``FineTuning.evaluate``
+        takes the per-task path under ``vmap``)."""
+        return proximal_rule(self.eval_inner_lr, self.eval_lam)
 
     def evaluate_per_task(
         self,
