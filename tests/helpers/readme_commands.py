@@ -10,7 +10,10 @@ line that only mentions a command further on (the Layout block's
 ``Command.compose_only`` says why a command is composed (``--cfg job``) instead of run: it
 needs a GPU, SLURM, W&B online or Docker, or a data set that is not under ``$METALAB_DATA``.
 The rest run with ``debug=tiny`` (conf/debug/tiny.yaml); the rules that make them cheap and
-point their placeholders at this test's own outputs are the functions below.
+point their placeholders at this test's own outputs are the functions below. metalab-train
+and metalab-eval run forked from the test process (tests/helpers/forked.py: the console
+script's entry point in a process of its own, without importing torch again), except those
+that start processes of their own (``Command.own_processes``), which run as console scripts.
 
 Each command knows its README section (the "## " heading above it): the "Set up" and "Using
 it" commands run in tests/cli/test_readme_usage.py, the others in tests/cli/test_readme_sweeps.py,
@@ -32,6 +35,7 @@ import pytest
 import yaml
 
 from tests.helpers.cli import cli_env, run_cli
+from tests.helpers.forked import run_cli_forked
 from tests.helpers.paths import CONF, README
 
 TINY = CONF / "debug" / "tiny.yaml"
@@ -55,6 +59,10 @@ DATA = {"omniglot": "omniglot", "miniimagenet": "miniimagenet", "cifar_fs": "cif
 EVAL_TINY = ("eval.tasks=2", "eval.batch=2")
 SEARCH_TRIALS = 2  # an Optuna search (hparams_search=...) runs this many trials
 PRINTS_ONLY = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i"}
+# Commands whose job starts processes of its own: Lightning's DDP launcher runs the command
+# line (sys.argv) again, which in a fork is the test runner's; joblib's workers are fresh
+# interpreters anyway, so a fork would save nothing there.
+OWN_PROCESSES = re.compile(r"^(trainer=ddp\w*|trainer\.strategy=ddp\w*|hydra/launcher=parallel)$")
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,11 @@ class Command:
                 if data_root is None or not (data_root / folder).is_dir()
             ]
         return ", ".join(why) or None
+
+    @property
+    def own_processes(self) -> bool:
+        """Whether its job starts processes of its own (see OWN_PROCESSES)."""
+        return any(OWN_PROCESSES.match(a) for a in self.args)
 
     def short(self) -> str:
         words = " ".join(("docker" if self.docker else self.tool, *self.args))
@@ -306,6 +319,13 @@ def command_ids(commands: list[Command]) -> list[str]:
     return [ids[c] for c in commands]
 
 
+def run_tool(command: Command, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run one of the console scripts with these arguments: forked unless the command starts
+    processes of its own (the result is the console script's either way)."""
+    run = run_cli if command.own_processes else run_cli_forked
+    return run(command.tool, *args, cwd=cwd, timeout=TIMEOUT)
+
+
 def _tail(out: subprocess.CompletedProcess) -> str:
     stdout, stderr = out.stdout[-2000:], out.stderr[-4000:]
     return f"exit {out.returncode}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
@@ -346,7 +366,7 @@ class Workspace:
             args = self.compare_args(command.args)
         else:
             raise AssertionError(f"no rule to run {command.text!r} (README line {command.line})")
-        out = run_cli(command.tool, *args, cwd=where, timeout=TIMEOUT)
+        out = run_tool(command, args, where)
         assert out.returncode == 0, (
             f"README line {command.line}: {command.text}\nran as: {command.tool} "
             f"{' '.join(args)}\n{_tail(out)}"
@@ -427,7 +447,7 @@ def run_documented(command: Command, workspace: Workspace, tmp_path: Path) -> No
     why = command.compose_only(DATA_ROOT)
     if why is not None:
         args = [*first_job(command.args), "--cfg", "job"]
-        out = run_cli(command.tool, *args, cwd=tmp_path, timeout=TIMEOUT)
+        out = run_tool(command, args, tmp_path)
         assert out.returncode == 0, f"{where}\ncomposed as: {' '.join(args)}\n{_tail(out)}"
         assert "algorithm" in (yaml.safe_load(out.stdout) or {}), f"{where}\n{_tail(out)}"
         if "METALAB_DATA" in why:
@@ -441,7 +461,7 @@ def run_documented(command: Command, workspace: Workspace, tmp_path: Path) -> No
         assert out.returncode == 0 and out.stdout.strip(), f"{where}\n{_tail(out)}"
         return
     if command.prints_only:
-        out = run_cli(command.tool, *command.args, cwd=tmp_path, timeout=TIMEOUT)
+        out = run_tool(command, list(command.args), tmp_path)
         assert out.returncode == 0 and out.stdout.strip(), f"{where}\n{_tail(out)}"
         return
     workspace.run(command)
