@@ -74,6 +74,14 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def tested_weights(best: str | None, steps: int) -> str:
+    """What the test ran on: the best checkpoint's name, else the weights training ended
+    with; with ``trainer.max_steps=0`` the initial ones (a random-initialisation baseline)."""
+    if best:
+        return Path(best).name
+    return "initial weights (no training step)" if steps == 0 else "final weights"
+
+
 def completed_results(
     metrics: dict[str, Any],
     summary: dict[str, Any],

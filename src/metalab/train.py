@@ -33,6 +33,7 @@ from metalab.results import (
     pooled_summary,
     print_domains,
     run_each_domain,
+    tested_weights,
     write_json,
 )
 from metalab.resume import prepare_resume
@@ -103,7 +104,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         protocol(cfg),
         run_dir,
         resolved,
-        tested_checkpoint=Path(best).name if best else "final weights",
+        tested_checkpoint=tested_weights(best, trainer.global_step),
         seed=int(cfg.seed),
         strategy=module.strategy.name,
         train={

@@ -69,6 +69,21 @@ def test_unknown_key_of_the_chosen_group_option(tmp_path, monkeypatch):
     assert "dataset.way is not a metalab setting: did you mean dataset.ways?" in message
 
 
+@pytest.mark.parametrize(
+    "sweep",
+    [("-m", "reproduce=navigation2d"), ("-m", "experiment=maml_rl_navigation2d,maml_sinusoid")],
+)
+def test_a_key_only_the_swept_options_have_points_to_plus_plus(sweep, tmp_path, monkeypatch):
+    """Hydra applies the command line's keys to the config before a sweep chooses its group
+    options, so a key of a swept option alone cannot be set plainly: ++ adds or overrides."""
+    message = metalab_train_in_process(monkeypatch, tmp_path, *sweep, "dataset.horizon=12")
+    assert "dataset.horizon is a setting of experiment=maml_rl_navigation2d" in message
+    assert "write ++dataset.horizon=<value>" in message
+    typo = metalab_train_in_process(monkeypatch, tmp_path, *sweep, "dataset.horizn=12")
+    assert "dataset.horizn is not a metalab setting: did you mean dataset.horizon?" in typo
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
+
+
 def test_a_typo_in_one_sweep_value_stops_the_whole_sweep_at_once(tmp_path, monkeypatch):
     message = metalab_train_in_process(monkeypatch, tmp_path, "-m", "algorithm=maml,fomal")
     assert "algorithm=fomal is not a known algorithm: did you mean fomaml?" in message
@@ -140,7 +155,7 @@ def test_missing_dataset_root_names_the_path_and_the_fix(tmp_path):
     "override, message",
     [
         ("algorithm.meta_batch=0", "algorithm.meta_batch=0: expected an integer >= 1"),
-        ("trainer.max_steps=-1", "trainer.max_steps=-1: expected an integer >= 1"),
+        ("trainer.max_steps=-1", "trainer.max_steps=-1: expected an integer >= 0"),
         ("eval.tasks=0", "eval.tasks=0: expected an integer >= 1 and <= 1000000"),
         ("val.tasks=0", "val.tasks=0: expected an integer >= 1 and <= 1000000"),
         ("optimizer.lr=0", "optimizer.lr=0: expected a number > 0 and <= 10000 (a learning rate"),
