@@ -240,3 +240,21 @@ def test_outer_step_writes_the_trpo_step_and_stays_in_the_trust_region():
     assert float(kl) <= 1e-3 and float(after) < float(before.detach())
     assert set(algo.step_metrics()) >= {"return_pre", "return_post"}
     assert algo.replay(params, batch, 1).loss == pytest.approx(float(losses[1]))
+
+
+def test_pretrain_steps_on_the_unadapted_policys_reinforce_gradient():
+    """The pretrained baseline: no support rollouts, the same return before and after, and
+    the surrogate's gradient at the old policy is the hand-written REINFORCE gradient of the
+    query trajectories, averaged over the tasks."""
+    algo, model = tiny(hidden=(5, 4), pretrain=True)
+    theta = detached(model)
+    data, pre, post = algo.sample_batch(theta, goal_batch(tasks=3))
+    assert all(support == [] for support, _, _ in data) and torch.equal(pre, post)
+    leaves = {k: v.clone().requires_grad_() for k, v in theta.items()}
+    loss, kl, _ = algo.surrogate(leaves, data, None, True)
+    grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
+    per_task = [hand_reinforce_gradient(model, theta, query, adv) for _, query, adv in data]
+    for key, grad in grads.items():
+        expected = torch.stack([g[key] for g in per_task]).mean(0)
+        assert relative_error(grad, expected) < 1e-10, key
+    assert float(kl) == 0.0

@@ -17,6 +17,10 @@ optimizer.lr=1`` (``writes_step``; the module refuses anything else), so checkpo
 resume and logging stay the module's. Rollout noise is drawn from (sampling_seed, outer
 step): a resumed run continues as an uninterrupted one, and ``replay`` recomputes a task.
 
+``pretrain``: the paper's "pretrained" baseline (section 5.3, figure 5): one policy trained
+with the same TRPO step on the returns of all goals of the meta-batch, without adaptation
+(the surrogate at the unadapted policy), then fine-tuned at test like MAML-RL's.
+
 Evaluation on a fixed test goal: the return of ``test_queries`` trajectories before
 adaptation and after each of ``eval_inner_steps`` policy-gradient steps (each on
 ``test_shots`` fresh trajectories), the paper's curve of return against test-time steps.
@@ -78,6 +82,7 @@ class MAMLRL(Algorithm):
         ls_max_steps: int = 15,
         ls_backtrack_ratio: float = 0.8,
         sampling_seed: int = 0,
+        pretrain: bool = False,
     ) -> None:
         super().__init__()
         for key, value in [("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)]:
@@ -107,6 +112,7 @@ class MAMLRL(Algorithm):
             ls_max_steps=ls_max_steps,
             ls_backtrack_ratio=ls_backtrack_ratio,
         )
+        self.pretrain = pretrain
         self.sampling_seed, self.step = sampling_seed, 0
         self.last: dict[str, float] = {}
 
@@ -181,17 +187,23 @@ class MAMLRL(Algorithm):
 
         return policy
 
+    def training_inner_steps(self) -> int:
+        """Inner steps of meta-training: none for the pretrained baseline."""
+        return 0 if self.pretrain else self.inner_steps
+
     def sample_batch(self, params: Params, batch: TaskBatch):
         """Every task's data, (support per inner step, query, query advantages), rolled out
         for all tasks at once: support step i with the policies adapted by the steps before
-        it, the query with the fully adapted ones; and the returns before and after."""
+        it, the query with the fully adapted ones; and the returns before and after (the
+        same, with no inner step)."""
         rank, _ = rank_and_world()
         generator = self.generator(self.step, rank)
         tasks, shots, queries = len(batch), batch.support_x.shape[1], batch.query_x.shape[1]
         goals = batch.support_x[:, 0]
         adapted = [{k: p.detach() for k, p in params.items()} for _ in range(tasks)]
         support: list[list[pg.Episodes]] = [[] for _ in range(tasks)]
-        for step in range(self.inner_steps):
+        pre = None
+        for step in range(self.training_inner_steps()):
             policy = self.task_policies(adapted, shots)
             rolled = pg.rollout(self.env, policy, goals.repeat_interleave(shots, 0), generator)
             episodes = rolled.split(tasks)
@@ -206,7 +218,7 @@ class MAMLRL(Algorithm):
         query = rolled.split(tasks)
         data = [(support[t], query[t], self.advantages(query[t])) for t in range(tasks)]
         post = torch.stack([q.returns().mean() for q in query])
-        return data, pre, post
+        return data, (post if pre is None else pre), post
 
     # --- the contract -----------------------------------------------------------------------
 
