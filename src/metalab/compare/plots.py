@@ -65,10 +65,14 @@ def unit_label(metric: str) -> str:
 
 
 def metric_axis(ax, metric: str, highest: float) -> None:
-    """An axis that starts at 0 (accuracy 0-100%, MSE from 0) and shows every error bar:
-    a bar's length is its value, and chance level stays in view."""
+    """An axis that holds 0 (accuracy 0-100%, MSE from 0) and shows every error bar: a
+    bar's length is its value, and chance level stays in view. A metric drawn below 0 (a
+    reinforcement-learning return) runs from its lowest point up to 0."""
+    lowest = min(0.0, float(ax.dataLim.y0))
     if metric == "acc":
         ax.set_ylim(0.0, max(100.0, highest * 1.01))
+    elif lowest < 0:
+        ax.set_ylim(lowest * 1.08, max(highest * 1.08, 0.0))
     else:
         ax.set_ylim(0.0, max(highest * 1.08, 1e-12))
 
@@ -160,7 +164,9 @@ def figure_adaptation_curves(rows: list[Row]) -> Figure | None:
                 ax.fill_between(steps, mean - ci, mean + ci, color=colour, alpha=0.15, lw=0)
             highest = max(highest, float(np.nanmax(mean + ci)))
         metric_axis(ax, metric, highest)
-        ax.set_xlabel("inner steps at test time (on each test task's support set)")
+        ax.set_xlabel("policy-gradient steps at test time (on fresh trajectories of each goal)"
+                      if metric == "return" else
+                      "inner steps at test time (on each test task's support set)")  # fmt: skip
         ax.set_ylabel(f"test {unit_label(metric)}")
         ax.set_title(f"test-time adaptation: test/{metric} after each inner step "
                      "(band: 95% CI)", fontsize=10)  # fmt: skip
