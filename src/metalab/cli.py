@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import metalab.run_names  # noqa: F401 - registers the resolver hydra.sweep.subdir uses
 from metalab.errors import ConfigError
@@ -69,8 +69,11 @@ def _typed_values(override) -> list[Any]:
 
 
 def setting_keys(cfg: DictConfig, prefix: str = "") -> Iterator[str]:
-    """Every dotted key of a config (inner nodes too), for suggestions."""
+    """Every dotted key of a config (inner nodes too), for suggestions; Hydra's own node
+    (``hydra.*`` overrides are Hydra's to judge) is left out."""
     for key, value in cfg.items_ex(resolve=False):
+        if not prefix and key == "hydra":
+            continue
         full = f"{prefix}{key}"
         yield full
         if isinstance(value, DictConfig):
@@ -80,19 +83,21 @@ def setting_keys(cfg: DictConfig, prefix: str = "") -> Iterator[str]:
 def check_overrides(overrides: list[str], config_name: str = "train") -> None:
     """Refuse an unknown group option or key on the command line, naming the closest one.
 
-    Leaves anything it cannot judge (syntax errors, ``+key=`` additions, ``hydra.*``) to
-    Hydra, whose own message then follows.
+    Leaves anything it cannot judge (syntax errors, ``+key=`` / ``++key=`` additions,
+    ``hydra.*``) to Hydra, whose own message then follows.
     """
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException:
         return  # a syntax error: Hydra's message shows where it is
     groups = config_groups()
-    chosen: list[str] = []
+    chosen: list[str] = []  # group options of every job: Hydra applies the keys after them
+    swept: list[tuple[str, list[str]]] = []  # group options a sweep varies: chosen later
     settings = []
     for override in parsed:
         key = override.key_or_group
-        if override.is_add() or override.is_delete() or key.startswith("hydra"):
+        adds = override.is_add() or override.is_force_add()
+        if adds or override.is_delete() or key.startswith("hydra"):
             continue
         if override.package is not None:
             continue
@@ -105,7 +110,10 @@ def check_overrides(overrides: list[str], config_name: str = "train") -> None:
                             f"{_closest(option, groups[key])}"
                             f"choose one of {', '.join(groups[key])}."
                         )
-            chosen.append(f"{key}={_values(override)[0]}")
+            if override.is_sweep_override():
+                swept.append((key, _values(override)))
+            else:
+                chosen.append(f"{key}={_values(override)[0]}")
         else:
             settings.append(key)
             for value in _typed_values(override):  # each value of a sweep, before launching
@@ -114,17 +122,49 @@ def check_overrides(overrides: list[str], config_name: str = "train") -> None:
         return
     try:
         with initialize_config_dir(config_dir(), version_base="1.3"):
-            cfg = compose(config_name, overrides=chosen)
+            cfg = compose(config_name, overrides=chosen, return_hydra_config=True)
+            known = set(setting_keys(cfg))
+            later: dict[str, str] = {}  # key -> the swept option that has it
+            if any(key not in known for key in settings):
+                for choice in [*swept_choices(swept), *preset_sweep(cfg, groups, chosen)]:
+                    extra = compose(config_name, overrides=[*chosen, choice])
+                    for k in setting_keys(extra):
+                        if k not in known:
+                            later.setdefault(k, choice)
     except HydraException:
         return
-    known = list(setting_keys(cfg))
+    tool = f"metalab-{'train' if config_name == 'train' else 'eval'}"
     for key in settings:
-        if key not in known:
+        if key in known:
+            continue
+        if key in later:
             raise ConfigError(
-                f"{key} is not a metalab setting: {_closest(key, known)}"
-                f"`metalab-{'train' if config_name == 'train' else 'eval'} --cfg job` "
-                "lists every setting (add a new one with +key=value)."
+                f"{key} is a setting of {later[key]}, which the sweep chooses per job, after "
+                f"Hydra has applied the command line's keys to the defaults: write "
+                f"++{key}=<value> (add or override) and every job that has it gets the value."
             )
+        raise ConfigError(
+            f"{key} is not a metalab setting: {_closest(key, [*known, *later])}"
+            f"`{tool} --cfg job` lists every setting (add a new one with +key=value)."
+        )
+
+
+def swept_choices(swept: list[tuple[str, list[str]]]) -> list[str]:
+    """``group=option`` for each option of the command line's group sweeps."""
+    return [f"{group}={option}" for group, values in swept for option in values]
+
+
+def preset_sweep(cfg: DictConfig, groups: dict[str, list[str]], chosen: list[str]) -> list[str]:
+    """``group=option`` for each option a preset's own sweep varies (``reproduce=navigation2d``
+    sweeps ``experiment=...`` in ``hydra.sweeper.params``)."""
+    sweeper = OmegaConf.select(cfg, "hydra.sweeper")
+    params = OmegaConf.to_container(sweeper).get("params") if sweeper is not None else None
+    return [
+        f"{group}={option.strip()}"
+        for group, values in (params or {}).items()
+        if group in groups and not any(c.startswith(f"{group}=") for c in chosen)
+        for option in str(values).split(",")
+    ]
 
 
 def _answers_without_a_job(args: Any) -> bool:
