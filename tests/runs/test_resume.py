@@ -1,5 +1,9 @@
 """A run killed with SIGKILL continues with the same command (resume=auto) and ends exactly where
-an uninterrupted run ends; two runs with the same seed write identical metrics.csv."""
+an uninterrupted run ends; two runs with the same seed write identical metrics.csv.
+
+Each run is metalab-train in a process of its own, forked from this one
+(tests/helpers/forked.py): killed, interrupted and resumed as the console script is, without
+importing torch again each time."""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ import pytest
 
 from metalab.checkpoints import load_checkpoint
 from metalab.run_lock import LOCK_NAME
-from tests.helpers.cli import cli_argv, cli_env, read_results, run_cli
+from tests.helpers.cli import read_results
+from tests.helpers.forked import ForkedProcess, popen_cli, run_cli_forked
 
 # Sinusoid MAML with a checkpoint every 20 steps: long enough (~10 s) to be killed part-way,
 # with Adam, a cosine schedule and the episode stream all to be restored.
@@ -34,7 +39,7 @@ RUN = [
 
 
 def train(run_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
-    out = run_cli("metalab-train", *RUN, f"hydra.run.dir={run_dir}", cwd=cwd)
+    out = run_cli_forked("metalab-train", *RUN, f"hydra.run.dir={run_dir}", cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
@@ -127,20 +132,14 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_matches_the_uninterrupted_
     assert snapshot(run_dir / "attempt-1") == before
 
 
-def start(run_dir: Path, cwd: Path) -> subprocess.Popen:
+def start(run_dir: Path, cwd: Path, *more: str) -> ForkedProcess | subprocess.Popen:
     """The run of RUN in a process of its own that takes Ctrl+C as a terminal's job does."""
-    return subprocess.Popen(
-        [*cli_argv("metalab-train"), *RUN, f"hydra.run.dir={run_dir}"],
-        cwd=cwd,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    return popen_cli(
+        "metalab-train", *RUN, *more, f"hydra.run.dir={run_dir}", cwd=cwd, stderr=subprocess.PIPE
     )
 
 
-def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path) -> None:
+def wait_for_checkpoint(process: ForkedProcess | subprocess.Popen, run_dir: Path) -> None:
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 600
     while not last.is_file() and time.time() < deadline:
@@ -173,15 +172,7 @@ def test_ctrl_c_stops_at_a_step_boundary_and_resume_equals_the_uninterrupted_run
 def test_a_second_ctrl_c_aborts_at_once_with_130_and_keeps_last_ckpt(tmp_path):
     run_dir = tmp_path / "run"
     slow = ["algorithm.meta_batch=300", "trainer.checkpoint_every_n_steps=1"]  # ~1 s a step
-    process = subprocess.Popen(
-        [*cli_argv("metalab-train"), *RUN, *slow, f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    process = start(run_dir, tmp_path, *slow)
     wait_for_checkpoint(process, run_dir)
     process.send_signal(signal.SIGINT)
     seen = []
