@@ -1,15 +1,25 @@
 """Every number and flag of the composed config has a type and a range (issue 18): a string, a
 list, a float where an integer is due, zero, a negative and a huge value given to any of them
 stop the job with one ``metalab: error:`` line before a completed run in the target directory
-is touched; a refused value is named with its key."""
+is touched; a refused value is named with its key.
+
+The hostile values (six for each of some 80 keys) are each applied to the composition of
+their key's base config, which is composed once per base (``with_values``): Hydra composes
+the defaults, then applies ``key=value`` overrides to the result, and that second step is
+run here by Hydra's own code on a copy of the first.
+``test_values_on_a_shared_composition_equal_a_full_composition`` checks the two agree."""
 
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 
 from metalab.algorithms import algorithm_class
 from metalab.paths import config_dir
@@ -38,6 +48,40 @@ def test_every_number_and_flag_of_every_preset_has_a_spec():
     assert sorted(seen_eval - set(EVAL)) == []
 
 
+_GROUPS = {p.name for p in Path(config_dir()).iterdir() if p.is_dir()}
+
+
+@functools.cache
+def _composed(config_name: str, base: tuple[str, ...]) -> DictConfig:
+    return compose_with(config_name, *base, hydra=True)
+
+
+def with_values(config_name: str, base: list[str], *values: str) -> DictConfig:
+    """``compose_with(config_name, *base, *values, hydra=True)`` for ``key=value`` overrides
+    (no group choices) without composing ``base`` again: a copy of its composition, with the
+    values applied and recorded as Hydra's ConfigLoaderImpl does it after the defaults."""
+    cfg = copy.deepcopy(_composed(config_name, tuple(base)))
+    parser = OverridesParser.create()
+    added = parser.parse_overrides(list(values))
+    assert not any(o.is_sweep_override() or o.key_or_group in _GROUPS for o in added), values
+    ConfigLoaderImpl._apply_overrides_to_config(added, cfg)
+    for override in added:
+        overrides = cfg.hydra.overrides
+        (overrides.hydra if override.is_hydra_override() else overrides.task).append(
+            override.input_line
+        )
+    settings = cfg.hydra.job.config.override_dirname
+    cfg.hydra.job.override_dirname = get_overrides_dirname(
+        overrides=[
+            o for o in parser.parse_overrides([*base, *values]) if not o.is_hydra_override()
+        ],
+        kv_sep=settings.kv_sep,
+        item_sep=settings.item_sep,
+        exclude_keys=settings.exclude_keys,
+    )
+    return cfg
+
+
 def _value(cfg: DictConfig, key: str):
     node = cfg
     for part in key.split("."):
@@ -45,17 +89,22 @@ def _value(cfg: DictConfig, key: str):
     return node
 
 
-def numeric_defaults() -> list[tuple[str, str, list[str]]]:
-    """(key, kind, base overrides under which the key exists) for every number and flag."""
-    found: dict[str, tuple[str, list[str]]] = {}
-    bases = [[]] + [
+def bases() -> list[list[str]]:
+    """The base overrides the numbers and flags are found (and tried) under."""
+    found = [[]] + [
         [f"algorithm={a}", "dataset=omniglot", "model=conv4"]
         if "classification" in algorithm_class(a).task_kinds
         else [f"experiment={a}_navigation2d"]  # MAML-RL: its own task family
         for a in ALGORITHMS
     ]
-    bases.append(["dataset=omniglot", "model=conv4", "dataset.augment=koch"])
-    for base in bases:
+    return [*found, ["dataset=omniglot", "model=conv4", "dataset.augment=koch"]]
+
+
+@functools.cache
+def numeric_defaults() -> list[tuple[str, str, list[str]]]:
+    """(key, kind, base overrides under which the key exists) for every number and flag."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for base in bases():
         cfg = compose_with("train", *base)
         for key in numeric_keys(cfg):
             value = _value(cfg, key)
@@ -81,7 +130,7 @@ def test_a_hostile_value_for_any_number_stops_before_a_completed_run_is_touched(
     run_dir = tmp_path / "done"
     before = completed_run(run_dir)
     for what, text in HOSTILE.items():
-        cfg = compose_with("train", *base, f"{key}={text}", f"hydra.run.dir={run_dir}", hydra=True)
+        cfg = with_values("train", base, f"{key}={text}", f"hydra.run.dir={run_dir}")
         with pytest.raises(SystemExit) as stop:
             RunGuard().on_run_start(cfg)
         message = str(stop.value.code)
@@ -96,6 +145,21 @@ def test_a_hostile_value_for_any_number_stops_before_a_completed_run_is_touched(
         else:  # refused for its value, or (a valid value) by the guard of the completed run
             assert f"{key}=" in message or "already holds a completed run" in message, message
         assert snapshot(run_dir) == before, what
+
+
+def test_values_on_a_shared_composition_equal_a_full_composition(tmp_path):
+    """with_values is what Hydra composes: for every base, a hostile value of one of its keys
+    (each kind of hostile value in turn) and the run directory give the same config, hydra
+    node included, either way."""
+    keys = {tuple(base): key for key, _, base in reversed(numeric_defaults())}
+    texts = list(HOSTILE.values())
+    for number, base in enumerate(bases()):
+        key = keys.get(tuple(base), "seed")  # a key first found under this base, else any
+        values = [f"{key}={texts[number % len(texts)]}", f"hydra.run.dir={tmp_path}"]
+        full = compose_with("train", *base, *values, hydra=True)
+        shared = with_values("train", base, *values)
+        assert OmegaConf.to_container(shared) == OmegaConf.to_container(full), (base, values)
+        assert OmegaConf.is_struct(shared) and not OmegaConf.is_readonly(shared.hydra)
 
 
 @pytest.mark.parametrize(
