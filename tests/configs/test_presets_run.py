@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from metalab.preflight import check_config
-from tests.helpers.configs import compose_train, options, refused_without_mujoco, small
+from tests.helpers.configs import (
+    compose_train,
+    options,
+    refused_without_mujoco,
+    shared_root,
+    small,
+    small_run,
+)
 
 PRESETS = options("experiment")
 OMNIGLOT = Path(os.environ.get("METALAB_DATA", "/nonexistent")) / "omniglot"
@@ -40,14 +47,12 @@ def test_preset_composes_and_passes_preflight(experiment):
     "experiment",
     [p for p in PRESETS if p.split("_")[1] in ("omniglot", "koch") or p == "maml_sinusoid"],
 )
-def test_preset_trains_a_few_steps(experiment, tmp_path, one_thread):
-    from metalab.train import train
-
+def test_preset_trains_a_few_steps(experiment, tmp_path_factory, one_thread):
     cfg = small(experiment)
     if cfg.dataset.name == "omniglot" and not OMNIGLOT.is_dir():
         pytest.skip("set METALAB_DATA to the folder holding omniglot/")
-    train(cfg, tmp_path / "run")
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    run = small_run(experiment, shared_root(tmp_path_factory))  # trained here, or shared
+    results = json.loads((run / "results.json").read_text())
     assert results["status"] == "completed"
     assert results["train"]["steps"] == 2
     assert results["num_test_tasks"] == 2

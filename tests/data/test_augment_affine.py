@@ -264,15 +264,17 @@ def test_every_siamese_preset_distorts_its_training_images() -> None:
 @pytest.mark.data
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", SIAMESE)
-def test_siamese_presets_train_two_steps_with_distortions(preset, tmp_path, one_thread) -> None:
-    from metalab.train import train
-    from tests.helpers.configs import small
+def test_siamese_presets_train_two_steps_with_distortions(
+    preset, tmp_path_factory, one_thread
+) -> None:
+    from tests.helpers.configs import shared_root, small, small_run
 
     if not OMNIGLOT.is_dir():
         pytest.skip("set METALAB_DATA to the folder holding omniglot/")
     cfg = small(preset)
     assert cfg.dataset.augment == "koch"
-    train(cfg, tmp_path / "run")
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    # the same two-step run as tests/configs/test_presets_run.py's: trained once for both
+    run = small_run(preset, shared_root(tmp_path_factory))
+    results = json.loads((run / "results.json").read_text())
     assert results["status"] == "completed" and results["train"]["steps"] == 2
     assert results["config"]["dataset"]["augment"] == "koch"

@@ -1,8 +1,13 @@
 """Configs composed as metalab-train composes them (conf/train.yaml and its groups), in this
-process; ``small`` cuts an experiment preset down to a few steps and keeps its settings."""
+process; ``small`` cuts an experiment preset down to a few steps and keeps its settings, and
+``small_run`` trains that once for every test that checks its run."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import shutil
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -59,3 +64,32 @@ def refused_without_mujoco(cfg) -> bool:
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[rl\]'"):
         check_config(cfg)
     return True
+
+
+def shared_root(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this session sees (the parent of the workers'
+    own base temp folders), or this session's base temp folder without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-runs"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def small_run(experiment: str, root: Path) -> Path:
+    """The run directory of ``small(experiment)`` trained in this process under ``root``
+    (``shared_root``): trained by whichever test (on whichever worker) asks first, under a
+    lock, and read by the others. Tests in several files check the same preset's two-step
+    run (tests/configs/test_presets_run.py every preset, tests/data/test_augment_affine.py
+    the Siamese ones with their distortions); one run serves them all. A run that did not
+    complete is trained again by the next test that asks, which then fails with its error."""
+    from metalab.train import train
+
+    run_dir = root / experiment
+    with (root / f"{experiment}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = run_dir / "results.json"
+        if results.is_file() and json.loads(results.read_text()).get("status") == "completed":
+            return run_dir
+        shutil.rmtree(run_dir, ignore_errors=True)
+        train(small(experiment), run_dir)
+    return run_dir
