@@ -8,11 +8,16 @@ environment it would have) as a process of its own: its exit status, its stdout 
 the signals sent to it and whatever it changes (Hydra's and logging's global state, signal
 handlers, the environment) are its own, exactly as for the console script.
 
-What still needs a fresh interpreter, callers run with ``tests.helpers.cli.run_cli``:
-commands that start processes of their own from ``sys.argv`` (Lightning's DDP launcher would
-start the test runner again). ``METALAB_TEST_SUBPROCESS=1`` runs every command as a real
-console script instead (the reference these forks are meant to equal); so does a platform
-without ``os.fork``.
+What a fork cannot have: a fresh interpreter's own hash seed (string hashing, so set order,
+is the test process's) and module state that was there before the job (caches such as the
+native kernel's, read from the environment once). A test of determinism across processes
+compares a fork with a fresh interpreter (tests/runs/test_resume.py). Commands that start
+processes of their own (``OWN_PROCESSES``: DDP, joblib's and SLURM's launchers) run as real
+console scripts: Lightning's DDP launcher starts the command line again, joblib's workers are
+fresh interpreters anyway (a fork's ``__main__`` and ``sys.argv`` are the console script's all
+the same, so that a launcher reading them starts the console script, not the test runner).
+``METALAB_TEST_SUBPROCESS=1`` runs every command as a real console script (the reference
+these forks are meant to equal); so does a platform without ``os.fork``.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,11 +36,12 @@ import tempfile
 import threading
 import time
 import traceback
+import types
 import warnings
 from pathlib import Path
 from typing import IO
 
-from tests.helpers.cli import cli_argv, cli_env, run_cli
+from tests.helpers.cli import SCRIPTS, cli_argv, cli_env, run_cli
 
 ENTRY_POINTS = {"metalab-train": "train", "metalab-eval": "evaluate"}  # metalab.cli's
 # What a job imports; imported once here so that no fork imports them again.
@@ -48,10 +56,17 @@ FRESH_FILTERS = (
 )
 
 
-def forkable(command: str) -> bool:
-    """Whether ``command`` runs forked here (else as a real console script)."""
+# Overrides whose job starts processes of its own.
+OWN_PROCESSES = re.compile(
+    r"^(trainer=ddp\w*|trainer\.strategy=ddp\w*|hydra/launcher=(parallel|joblib|slurm\w*))$"
+)
+
+
+def forkable(command: str, args: list[str] | tuple[str, ...] = ()) -> bool:
+    """Whether ``command args`` runs forked here (else as a real console script)."""
     return (
         command in ENTRY_POINTS
+        and not any(OWN_PROCESSES.match(a) for a in args)
         and hasattr(os, "fork")
         and os.environ.get("METALAB_TEST_SUBPROCESS") != "1"
     )
@@ -91,10 +106,9 @@ class ForkedProcess:
                 for end in ends.values():
                     if end is not None and end[0] is not None:
                         os.close(end[0])
-                script = str(Path(sys.executable).with_name(command))  # the console script's
                 code = _child(
-                    ENTRY_POINTS[command],
-                    [script, *args],
+                    command,
+                    args,
                     cwd,
                     env,
                     {fd: end[1] if end else None for fd, end in ends.items()},
@@ -167,7 +181,20 @@ def _ends(how: int | IO) -> tuple[int | None, int] | None:
     return (None, how.fileno()) if hasattr(how, "fileno") else None
 
 
-def _child(entry: str, argv: list[str], cwd: Path, env: dict[str, str], pipes) -> int:
+def _main_module(command: str) -> types.ModuleType:
+    """The ``__main__`` the console script's process has (found as tests.helpers.cli finds
+    the command): the script file, or ``python -m``'s module."""
+    main = types.ModuleType("__main__")
+    script = Path(sys.executable).with_name(command)
+    if script.exists():
+        main.__file__, main.__spec__ = str(script), None
+    else:
+        main.__spec__ = importlib.util.find_spec(SCRIPTS[command])
+        main.__file__ = main.__spec__.origin
+    return main
+
+
+def _child(command: str, args: list[str], cwd: Path, env: dict[str, str], pipes) -> int:
     """Become the console script's process, run its entry point, return its exit status."""
     # stdin, stdout and stderr as a console script started by subprocess has them
     null = os.open(os.devnull, os.O_RDWR)
@@ -208,13 +235,14 @@ def _child(entry: str, argv: list[str], cwd: Path, env: dict[str, str], pipes) -
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
-    sys.argv = argv
+    main = sys.modules["__main__"] = _main_module(command)
+    sys.argv = [main.__file__, *args]
 
     from metalab import cli
 
     code: int = 0
     try:
-        getattr(cli, entry)()
+        getattr(cli, ENTRY_POINTS[command])()
     except SystemExit as stop:  # what the interpreter does with sys.exit's argument
         if stop.code is None or isinstance(stop.code, int):
             code = stop.code or 0
@@ -254,7 +282,7 @@ def popen_cli(
 ) -> ForkedProcess | subprocess.Popen:
     """Start a console script (forked where it can be) and return its Popen-like handle;
     Ctrl+C (SIGINT) reaches it as it reaches a terminal's job."""
-    if forkable(command):
+    if forkable(command, args):
         return ForkedProcess(
             command, list(args), cwd, cli_env(**(env or {})), stdout=stdout, stderr=stderr
         )
@@ -278,7 +306,7 @@ def run_cli_forked(
 ) -> subprocess.CompletedProcess:
     """``tests.helpers.cli.run_cli``, forked where it can be: the same arguments, the same
     result (exit status, stdout, stderr)."""
-    if not forkable(command):
+    if not forkable(command, args):
         return run_cli(command, *args, cwd=cwd, timeout=timeout, env=env)
     # the child's output goes to files: a pipe nobody reads while it runs could fill
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:

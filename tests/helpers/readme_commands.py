@@ -13,7 +13,7 @@ The rest run with ``debug=tiny`` (conf/debug/tiny.yaml); the rules that make the
 point their placeholders at this test's own outputs are the functions below. metalab-train
 and metalab-eval run forked from the test process (tests/helpers/forked.py: the console
 script's entry point in a process of its own, without importing torch again), except those
-that start processes of their own (``Command.own_processes``), which run as console scripts.
+that start processes of their own (DDP, joblib's launcher), which run as console scripts.
 
 Each command knows its README section (the "## " heading above it): the "Set up" and "Using
 it" commands run in tests/cli/test_readme_usage.py, the others in tests/cli/test_readme_sweeps.py,
@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.cli import cli_env, run_cli
+from tests.helpers.cli import cli_env
 from tests.helpers.forked import run_cli_forked
 from tests.helpers.paths import CONF, README
 
@@ -59,10 +59,6 @@ DATA = {"omniglot": "omniglot", "miniimagenet": "miniimagenet", "cifar_fs": "cif
 EVAL_TINY = ("eval.tasks=2", "eval.batch=2")
 SEARCH_TRIALS = 2  # an Optuna search (hparams_search=...) runs this many trials
 PRINTS_ONLY = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i"}
-# Commands whose job starts processes of its own: Lightning's DDP launcher runs the command
-# line (sys.argv) again, which in a fork is the test runner's; joblib's workers are fresh
-# interpreters anyway, so a fork would save nothing there.
-OWN_PROCESSES = re.compile(r"^(trainer=ddp\w*|trainer\.strategy=ddp\w*|hydra/launcher=parallel)$")
 
 
 @dataclass(frozen=True)
@@ -100,11 +96,6 @@ class Command:
                 if data_root is None or not (data_root / folder).is_dir()
             ]
         return ", ".join(why) or None
-
-    @property
-    def own_processes(self) -> bool:
-        """Whether its job starts processes of its own (see OWN_PROCESSES)."""
-        return any(OWN_PROCESSES.match(a) for a in self.args)
 
     def short(self) -> str:
         words = " ".join(("docker" if self.docker else self.tool, *self.args))
@@ -320,10 +311,9 @@ def command_ids(commands: list[Command]) -> list[str]:
 
 
 def run_tool(command: Command, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run one of the console scripts with these arguments: forked unless the command starts
-    processes of its own (the result is the console script's either way)."""
-    run = run_cli if command.own_processes else run_cli_forked
-    return run(command.tool, *args, cwd=cwd, timeout=TIMEOUT)
+    """Run one of the console scripts with these arguments, forked where it can be
+    (tests/helpers/forked.py): the result is the console script's either way."""
+    return run_cli_forked(command.tool, *args, cwd=cwd, timeout=TIMEOUT)
 
 
 def _tail(out: subprocess.CompletedProcess) -> str:

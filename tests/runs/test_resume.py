@@ -1,9 +1,10 @@
 """A run killed with SIGKILL continues with the same command (resume=auto) and ends exactly where
 an uninterrupted run ends; two runs with the same seed write identical metrics.csv.
 
-Each run is metalab-train in a process of its own, forked from this one
-(tests/helpers/forked.py): killed, interrupted and resumed as the console script is, without
-importing torch again each time."""
+The uninterrupted reference run is the console script in a fresh interpreter; the runs that
+must match it are metalab-train forked from this process (tests/helpers/forked.py): killed,
+interrupted and resumed as the console script is, without importing torch again each time,
+and compared with a process that shares nothing with them (not even Python's hash seed)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from metalab.checkpoints import load_checkpoint
 from metalab.run_lock import LOCK_NAME
-from tests.helpers.cli import read_results
+from tests.helpers.cli import read_results, run_cli
 from tests.helpers.forked import ForkedProcess, popen_cli, run_cli_forked
 
 # Sinusoid MAML with a checkpoint every 20 steps: long enough (~10 s) to be killed part-way,
@@ -38,8 +39,10 @@ RUN = [
 ]
 
 
-def train(run_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
-    out = run_cli_forked("metalab-train", *RUN, f"hydra.run.dir={run_dir}", cwd=cwd)
+def train(run_dir: Path, cwd: Path, fresh: bool = False) -> subprocess.CompletedProcess:
+    """metalab-train RUN into run_dir: forked, or in a fresh interpreter."""
+    run = run_cli if fresh else run_cli_forked
+    out = run("metalab-train", *RUN, f"hydra.run.dir={run_dir}", cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
@@ -66,7 +69,7 @@ def comparable(results: dict) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     where = tmp_path_factory.mktemp("uninterrupted")
-    train(where / "run", where)
+    train(where / "run", where, fresh=True)
     return where / "run"
 
 
