@@ -11,8 +11,8 @@ run here by Hydra's own code on a copy of the first.
 
 from __future__ import annotations
 
-import copy
 import functools
+import pickle
 from pathlib import Path
 
 import pytest
@@ -52,15 +52,16 @@ _GROUPS = {p.name for p in Path(config_dir()).iterdir() if p.is_dir()}
 
 
 @functools.cache
-def _composed(config_name: str, base: tuple[str, ...]) -> DictConfig:
-    return compose_with(config_name, *base, hydra=True)
+def _composed(config_name: str, base: tuple[str, ...]) -> bytes:
+    """The composition, pickled: unpickling a copy is a third of a deepcopy's time."""
+    return pickle.dumps(compose_with(config_name, *base, hydra=True))
 
 
 def with_values(config_name: str, base: list[str], *values: str) -> DictConfig:
     """``compose_with(config_name, *base, *values, hydra=True)`` for ``key=value`` overrides
     (no group choices) without composing ``base`` again: a copy of its composition, with the
     values applied and recorded as Hydra's ConfigLoaderImpl does it after the defaults."""
-    cfg = copy.deepcopy(_composed(config_name, tuple(base)))
+    cfg = pickle.loads(_composed(config_name, tuple(base)))
     parser = OverridesParser.create()
     added = parser.parse_overrides(list(values))
     assert not any(o.is_sweep_override() or o.key_or_group in _GROUPS for o in added), values
