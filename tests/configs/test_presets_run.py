@@ -51,7 +51,7 @@ def test_preset_trains_a_few_steps(experiment, tmp_path_factory, one_thread):
     cfg = small(experiment)
     if cfg.dataset.name == "omniglot" and not OMNIGLOT.is_dir():
         pytest.skip("set METALAB_DATA to the folder holding omniglot/")
-    run = small_run(experiment, shared_root(tmp_path_factory))  # trained here, or shared
+    run = small_run(experiment, shared_root(tmp_path_factory), cfg)  # trained here, or shared
     results = json.loads((run / "results.json").read_text())
     assert results["status"] == "completed"
     assert results["train"]["steps"] == 2

@@ -274,7 +274,7 @@ def test_siamese_presets_train_two_steps_with_distortions(
     cfg = small(preset)
     assert cfg.dataset.augment == "koch"
     # the same two-step run as tests/configs/test_presets_run.py's: trained once for both
-    run = small_run(preset, shared_root(tmp_path_factory))
+    run = small_run(preset, shared_root(tmp_path_factory), cfg)
     results = json.loads((run / "results.json").read_text())
     assert results["status"] == "completed" and results["train"]["steps"] == 2
     assert results["config"]["dataset"]["augment"] == "koch"

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 
 from metalab.paths import config_dir
 
@@ -75,13 +75,14 @@ def shared_root(tmp_path_factory) -> Path:
     return root
 
 
-def small_run(experiment: str, root: Path) -> Path:
+def small_run(experiment: str, root: Path, cfg: DictConfig | None = None) -> Path:
     """The run directory of ``small(experiment)`` trained in this process under ``root``
     (``shared_root``): trained by whichever test (on whichever worker) asks first, under a
     lock, and read by the others. Tests in several files check the same preset's two-step
     run (tests/configs/test_presets_run.py every preset, tests/data/test_augment_affine.py
     the Siamese ones with their distortions); one run serves them all. A run that did not
-    complete is trained again by the next test that asks, which then fails with its error."""
+    complete is trained again by the next test that asks, which then fails with its error.
+    ``cfg``: ``small(experiment)`` where the caller has composed it already (unchanged)."""
     from metalab.train import train
 
     run_dir = root / experiment
@@ -91,5 +92,5 @@ def small_run(experiment: str, root: Path) -> Path:
         if results.is_file() and json.loads(results.read_text()).get("status") == "completed":
             return run_dir
         shutil.rmtree(run_dir, ignore_errors=True)
-        train(small(experiment), run_dir)
+        train(small(experiment) if cfg is None else cfg, run_dir)
     return run_dir

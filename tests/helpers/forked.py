@@ -11,11 +11,12 @@ handlers, the environment) are its own, exactly as for the console script.
 What a fork cannot have: a fresh interpreter's own hash seed (string hashing, so set order,
 is the test process's) and module state that was there before the job (caches such as the
 native kernel's, read from the environment once). A test of determinism across processes
-compares a fork with a fresh interpreter (tests/runs/test_resume.py). Commands that start
-processes of their own (``OWN_PROCESSES``: DDP, joblib's and SLURM's launchers) run as real
-console scripts: Lightning's DDP launcher starts the command line again, joblib's workers are
-fresh interpreters anyway (a fork's ``__main__`` and ``sys.argv`` are the console script's all
-the same, so that a launcher reading them starts the console script, not the test runner).
+compares a fork with a fresh interpreter (tests/runs/test_resume.py). A fork's ``__main__``
+and ``sys.argv`` are the console script's, so Lightning's DDP launcher, which starts the
+command line again for the other ranks, starts metalab-train (in a fresh interpreter, as for
+a user), not the test runner. Commands of joblib's and SLURM's launchers
+(``OWN_PROCESSES``) run as real console scripts: their jobs run in fresh interpreters (or
+elsewhere) anyway, so a fork would save nothing.
 ``METALAB_TEST_SUBPROCESS=1`` runs every command as a real console script (the reference
 these forks are meant to equal); so does a platform without ``os.fork``.
 """
@@ -56,10 +57,8 @@ FRESH_FILTERS = (
 )
 
 
-# Overrides whose job starts processes of its own.
-OWN_PROCESSES = re.compile(
-    r"^(trainer=ddp\w*|trainer\.strategy=ddp\w*|hydra/launcher=(parallel|joblib|slurm\w*))$"
-)
+# Overrides whose jobs run in processes the launcher starts.
+OWN_PROCESSES = re.compile(r"^hydra/launcher=(parallel|joblib|slurm\w*|submitit\w*)$")
 
 
 def forkable(command: str, args: list[str] | tuple[str, ...] = ()) -> bool:

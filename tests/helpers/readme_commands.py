@@ -13,7 +13,8 @@ The rest run with ``debug=tiny`` (conf/debug/tiny.yaml); the rules that make the
 point their placeholders at this test's own outputs are the functions below. metalab-train
 and metalab-eval run forked from the test process (tests/helpers/forked.py: the console
 script's entry point in a process of its own, without importing torch again), except those
-that start processes of their own (DDP, joblib's launcher), which run as console scripts.
+that run their jobs in the launcher's processes (joblib's, SLURM's), which run as console
+scripts.
 
 Each command knows its README section (the "## " heading above it): the "Set up" and "Using
 it" commands run in tests/cli/test_readme_usage.py, the others in tests/cli/test_readme_sweeps.py,
