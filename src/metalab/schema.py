@@ -176,6 +176,7 @@ TRAIN: dict[str, Spec] = {
     "algorithm.scale": _positive(1e6),
     "algorithm.shuffle_seed": SEED,
     "algorithm.adam_state": Spec("choice", choices=("carried", "fresh")),
+    "algorithm.inner_solver": Spec("choice", choices=("proximal", "pullback")),
     "algorithm.num_context_params": _int(1, 1_000_000),
     "algorithm.film_block": _int(1, 64, hint="a block of model.features, 1-based"),
     "algorithm.lam": _positive(1e6, hint="iMAML's proximal strength, R2-D2's ridge penalty"),

@@ -187,9 +187,12 @@ def conv_model() -> nn.Module:
     return Conv4(1, 3, image_size=16, channels=4).double()
 
 
-def reference_imaml_gradient(params, batch, steps, lr, lam, cg_steps, damping) -> list:
+def reference_imaml_gradient(
+    params, batch, steps, lr, lam, cg_steps, damping, pullback=False
+) -> list:
     """Mean over tasks of ((1 + damping) I + H/lam)^-1 g, written with autograd.grad on
-    ``conv4_forward``: proximal gradient descent, the query gradient, Hessian-vector
+    ``conv4_forward``: proximal gradient descent (``pullback``: plain descent, then one step
+    on the proximal term alone, as the authors' code), the query gradient, Hessian-vector
     products by double backward and the textbook conjugate gradient on flat vectors."""
     loss_fn = F.cross_entropy
     total = [torch.zeros_like(p) for p in params]
@@ -205,10 +208,13 @@ def reference_imaml_gradient(params, batch, steps, lr, lam, cg_steps, damping) -
         for _ in range(steps):
             phi = [p.requires_grad_() for p in phi]
             grads = torch.autograd.grad(loss_fn(conv4_forward(phi, sx), sy), phi)
+            pull = 0.0 if pullback else lam
             phi = [
-                (p - lr * (g + lam * (p - t))).detach()
+                (p - lr * (g + pull * (p - t))).detach()
                 for p, g, t in zip(phi, grads, theta, strict=True)
             ]
+        if pullback:
+            phi = [p - lr * lam * (p - t) for p, t in zip(phi, theta, strict=True)]
         phi = [p.requires_grad_() for p in phi]
         query_loss = loss_fn(conv4_forward(phi, batch.query_x[task]), batch.query_y[task])
         b = torch.cat([g.flatten() for g in torch.autograd.grad(query_loss, phi)])
@@ -242,6 +248,38 @@ def test_conv4_meta_gradient_matches_the_per_task_reference(strategy):
     ours = outer_gradient(algorithm, model, batch, STRATEGIES[strategy]())
     reference = reference_imaml_gradient(list(model.parameters()), batch, 2, 0.4, 2.0, 3, 1.0)
     assert relative_error(ours, reference) < 1e-8
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_pullback_solver_matches_the_per_task_reference(strategy):
+    """``inner_solver=pullback`` (the authors' code): plain steps, one proximal step, and the
+    same implicit meta-gradient at the phi it reaches."""
+    model, batch = conv_model(), image_batch()
+    settings = dict(lam=2.0, cg_steps=3, cg_damping=1.0, inner_solver="pullback")
+    algorithm = imaml(model, CLASSIFICATION, 2, 0.4, **settings)
+    ours = outer_gradient(algorithm, model, batch, STRATEGIES[strategy]())
+    params = list(model.parameters())
+    reference = reference_imaml_gradient(params, batch, 2, 0.4, 2.0, 3, 1.0, pullback=True)
+    assert relative_error(ours, reference) < 1e-8
+    proximal = reference_imaml_gradient(params, batch, 2, 0.4, 2.0, 3, 1.0)
+    assert relative_error(ours, proximal) > 1e-3  # a different phi, a different gradient
+
+
+def test_pullback_evaluation_is_plain_steps_then_the_proximal_step():
+    model, batch = conv_model(), image_batch(tasks=2)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    task = vars(batch.task(0)).values()
+    algorithm = imaml(model, CLASSIFICATION, 3, 0.4, lam=2.0, inner_solver="pullback")
+    fast = algorithm.evaluate(params, *task)
+    torch.testing.assert_close(fast, algorithm.evaluate_per_task(params, *task))
+    maml = MAML(InnerLoop(model, CLASSIFICATION), 3, 0.4, 3, 0.4).evaluate(params, *task)
+    torch.testing.assert_close(fast["loss"][:3], maml["loss"][:3])  # plain steps until the last
+    assert not torch.allclose(fast["loss"][3], maml["loss"][3])  # then pulled back
+    one = batch.task(0)
+    phi = algorithm.adapt(params, one.support_x, one.support_y)
+    with torch.no_grad():
+        loss, _ = algorithm.query_scores(phi, one.query_x, one.query_y)
+    torch.testing.assert_close(fast["loss"][3], loss)  # the training solver's phi
 
 
 def test_hybrid_runs_it_as_the_loop():
@@ -308,6 +346,7 @@ def test_its_outer_step_is_its_own():
         ({"cg_damping": -0.1}, "algorithm.cg_damping=-0.1: it must be >= 0"),
         ({"eval_lam": -1.0}, "algorithm.eval_lam=-1.0: it must be >= 0"),
         ({"first_order": True}, "algorithm=imaml has no setting first_order"),
+        ({"inner_solver": "code"}, "algorithm.inner_solver=code: choose proximal"),
     ],
 )
 def test_bad_settings_are_refused(setting, message):

@@ -18,6 +18,13 @@ adds to the identity, ((1 + cg_damping) I + H/lam), which keeps the system posit
 definite when phi is not an exact minimiser (the authors' code: 1.0); ``cg_steps=0`` takes g
 itself (first-order iMAML, as the authors' code does for cg_steps <= 1).
 
+``inner_solver`` chooses how phi is reached: ``proximal`` descends the proximal objective at
+every step (the paper's eq. 4 and Algorithm 2); ``pullback`` does what the authors' code
+does (aravindr93/imaml_dev, ``learn_task`` and then its "pull back for regularization"):
+``inner_steps`` steps of plain gradient descent on the support loss, then one step on the
+proximal term alone, phi - lr * lam * (phi - theta). The meta-gradient is the same formula
+at the phi reached; the test-time rule follows the same solver (with ``eval_lam``).
+
 The outer step is not the gradient of a per-task objective, so iMAML writes the mean of its
 tasks' meta-gradients into ``.grad`` itself (as Reptile does), running the per-task solve
 over the meta-batch with the strategy's ``map``: one task after another (loop) or
@@ -71,15 +78,26 @@ def conjugate_gradient(operator: Operator, b: Params, steps: int) -> Params:
     return x
 
 
-def proximal_rule(lr: float, lam: float) -> fast_eval.Rule:
+SOLVERS = ("proximal", "pullback")
+
+
+def proximal_rule(lr: float, lam: float, pullback_after: int | None = None) -> fast_eval.Rule:
     """A graph-free step of gradient descent on support loss + lam/2 ||phi - theta||^2, theta
-    being the parameters the first step starts from (a rule serves one task)."""
+    being the parameters the first step starts from (a rule serves one task); with
+    ``pullback_after`` = n, plain steps on the support loss and, after the n-th, one step on
+    the proximal term alone (``inner_solver=pullback``)."""
     theta: list[torch.Tensor] = []
 
     def step(params: list[torch.Tensor], grads: list[torch.Tensor], index: int):
         if index == 0:
             theta[:] = [p.detach() for p in params]
-        return [p - lr * (g + lam * (p - t)) for p, g, t in zip(params, grads, theta, strict=True)]
+        if pullback_after is None:
+            pairs = zip(params, grads, theta, strict=True)
+            return [p - lr * (g + lam * (p - t)) for p, g, t in pairs]
+        new = [p - lr * g for p, g in zip(params, grads, strict=True)]
+        if index == pullback_after - 1:
+            new = [p - lr * lam * (p - t) for p, t in zip(new, theta, strict=True)]
+        return new
 
     return step
 
@@ -96,6 +114,7 @@ class IMAML(FineTuning):
         cg_steps: int = 5,
         cg_damping: float = 1.0,
         eval_lam: float | None = None,
+        inner_solver: str = "proximal",
     ) -> None:
         super().__init__(inner_loop, inner_steps, inner_lr, eval_inner_steps, eval_inner_lr)
         if not lam > 0:
@@ -116,8 +135,13 @@ class IMAML(FineTuning):
                 f"algorithm.eval_lam={eval_lam}: it must be >= 0 (0: plain fine-tuning at test "
                 "time), or null for algorithm.lam."
             )
+        if inner_solver not in SOLVERS:
+            raise ConfigError(
+                f"algorithm.inner_solver={inner_solver}: choose proximal (the paper's "
+                "Algorithm 2) or pullback (the authors' code)."
+            )
         self.lam, self.cg_steps, self.cg_damping = lam, cg_steps, cg_damping
-        self.eval_lam = eval_lam
+        self.eval_lam, self.inner_solver = eval_lam, inner_solver
 
     # --- the inner problem ---------------------------------------------------------------
 
@@ -129,14 +153,24 @@ class IMAML(FineTuning):
         grads = self.inner_loop.gradients(phi, x, y, first_order=True)
         return {k: p - lr * (grads[k] + lam * (p - theta[k])) for k, p in phi.items()}
 
-    def adapt(self, theta: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
-        """phi after ``inner_steps`` proximal steps from theta (training's inner problem);
-        theta is held fixed (detached), so no step keeps a graph."""
+    def solve(
+        self, theta: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, lam: float
+    ) -> Params:
+        """phi after ``steps`` steps from theta by ``inner_solver`` (module docstring); theta
+        is held fixed (detached), so no step keeps a graph."""
         theta = {k: p.detach() for k, p in theta.items()}
         phi = theta
-        for _ in range(self.inner_steps):
-            phi = self.proximal_step(phi, theta, x, y, self.inner_lr, self.lam)
+        if self.inner_solver == "pullback":
+            for _ in range(steps):
+                phi = self.proximal_step(phi, theta, x, y, lr, 0.0)
+            return {k: p - lr * lam * (p - theta[k]) for k, p in phi.items()}
+        for _ in range(steps):
+            phi = self.proximal_step(phi, theta, x, y, lr, lam)
         return phi
+
+    def adapt(self, theta: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
+        """Training's inner problem: phi from theta."""
+        return self.solve(theta, x, y, self.inner_steps, self.inner_lr, self.lam)
 
     def query_scores(
         self, phi: Params, query_x: torch.Tensor, query_y: torch.Tensor
@@ -202,7 +236,8 @@ class IMAML(FineTuning):
     def eval_rule(self) -> fast_eval.Rule:
         """The test-time proximal problem, graph-free (``fast_eval``; ``FineTuning.evaluate``
         takes the per-task path under ``vmap``)."""
-        return proximal_rule(self.eval_inner_lr, self.eval_lam)
+        pullback = self.eval_inner_steps if self.inner_solver == "pullback" else None
+        return proximal_rule(self.eval_inner_lr, self.eval_lam, pullback)
 
     def evaluate_per_task(
         self,
@@ -217,8 +252,15 @@ class IMAML(FineTuning):
         path the graph-free one is tested against)."""
         theta = {k: p.detach() for k, p in params.items()}
 
+        lr, lam, steps = self.eval_inner_lr, self.eval_lam, self.eval_inner_steps
+
         def update(p: Params, x: torch.Tensor, y: torch.Tensor, index: int) -> Params:
-            return self.proximal_step(p, theta, x, y, self.eval_inner_lr, self.eval_lam)
+            if self.inner_solver == "proximal":
+                return self.proximal_step(p, theta, x, y, lr, lam)
+            new = self.proximal_step(p, theta, x, y, lr, 0.0)
+            if index == steps - 1:
+                new = {k: v - lr * lam * (v - theta[k]) for k, v in new.items()}
+            return new
 
         return self.inner_loop.evaluate(
             params,
