@@ -79,12 +79,15 @@ def lightning_handles_signals(
     previous = signal.signal(signal.SIGINT, handler)
     try:
         yield
-    except _Aborted:
-        last = run_dir / "checkpoints" / "last.ckpt"
-        raise RunInterrupted(
-            signal.Signals.SIGINT.name, None, str(last) if last.is_file() else None
-        ) from None
-    except BaseException:
+    except BaseException as error:
+        # after a second press whatever comes out is the abort: the press may land where
+        # unwinding leaves state behind (inside a torch.func transform, say) and Lightning's
+        # teardown then fails with an error of its own
+        if isinstance(error, _Aborted) or handler.presses >= 2:
+            last = run_dir / "checkpoints" / "last.ckpt"
+            raise RunInterrupted(
+                signal.Signals.SIGINT.name, None, str(last) if last.is_file() else None
+            ) from None
         if interrupt.signal:
             raise RunInterrupted(
                 interrupt.requested or interrupt.signal,

@@ -172,7 +172,11 @@ def test_ctrl_c_stops_at_a_step_boundary_and_resume_equals_the_uninterrupted_run
     assert {step: tail[step] for step in tail} == {step: full[step] for step in tail}
 
 
-def test_a_second_ctrl_c_aborts_at_once_with_130_and_keeps_last_ckpt(tmp_path):
+def test_a_second_ctrl_c_aborts_at_once_with_130_and_keeps_last_ckpt(tmp_path, monkeypatch):
+    # a console script of its own, not a fork: once in ~22 forked runs the second press,
+    # landing inside a torch.func transform, ended in exit 1 (Lightning's teardown failing;
+    # now reported as the abort, tests/failures/test_second_ctrl_c.py), as a user's run would
+    monkeypatch.setenv("METALAB_TEST_SUBPROCESS", "1")
     run_dir = tmp_path / "run"
     slow = ["algorithm.meta_batch=300", "trainer.checkpoint_every_n_steps=1"]  # ~1 s a step
     process = start(run_dir, tmp_path, *slow)
