@@ -38,6 +38,7 @@ def test_groups_hold_the_documented_options():
         + ["r2d2_omniglot_5w1s", "r2d2_omniglot_20w1s"]
         + ["r2d2_miniimagenet_5w1s", "r2d2_miniimagenet_5w5s"]
         + ["maml_rl_navigation2d", "maml_rl_halfcheetah_vel"]
+        + ["maml_rl_navigation2d_pretrained", "maml_rl_navigation2d_random"]
     )
 
 
