@@ -4,7 +4,10 @@ Each row builds a preset's model (random weights, random 28x28 images with the p
 episode shapes: no data set needed) and times its test protocol (``eval.curve_points``
 scored steps) both ways in one process, interleaved round by round; the ratio is the median
 of the per-round ratios, so a shared machine's drift weighs on both alike. A 1024x1024 ``mm``
-is timed in the same rounds to show the machine's state (GFLOP/s). One intra-op thread.
+is timed in the same rounds to show the machine's state (GFLOP/s). One intra-op thread,
+and a third column: the new path as ``metalab-eval`` runs it with ``--workers`` intra-op
+threads (test tasks side by side on worker threads, ``LoopStrategy.map``); measure it on an
+otherwise quiet machine, with as many workers as idle cores.
 
     python benchmarks/eval_throughput.py                 # the default rows, ~5 min
     python benchmarks/eval_throughput.py --rows reptile_20w1s_nt --tasks 1 --rounds 2
@@ -76,6 +79,20 @@ def evaluator(module: MetaLearner, batch: TaskBatch, method: str) -> Callable[[]
     return call
 
 
+def on_workers(module: MetaLearner, batch: TaskBatch, workers: int) -> Callable[[], object]:
+    """One pass over the batch as the module's test step runs it, on ``workers`` threads."""
+    steps = module._curve_steps()
+
+    def call() -> object:
+        torch.set_num_threads(workers)
+        try:
+            return module._evaluate(batch, steps)
+        finally:
+            torch.set_num_threads(1)
+
+    return call
+
+
 def seconds(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
@@ -87,20 +104,23 @@ def gflops() -> float:
     return 2 * 1024**3 / min(seconds(lambda: a @ b) for _ in range(3)) / 1e9
 
 
-def measure(name: str, tasks: int, rounds: int) -> dict:
+def measure(name: str, tasks: int, rounds: int, workers: int) -> dict:
     preset, overrides = ROWS[name]
     module, cfg = build(preset, overrides)
     batch = random_tasks(cfg, tasks)
     old, new = evaluator(module, batch, "evaluate_per_task"), evaluator(module, batch, "evaluate")
-    old(), new()  # warm-up (the native kernel's first compile, allocator)
-    times: dict[str, list[float]] = {"old": [], "new": [], "gflops": []}
+    parallel = on_workers(module, batch, workers)
+    old(), new(), parallel()  # warm-up (the native kernel's first compile, allocator)
+    times: dict[str, list[float]] = {"old": [], "new": [], "parallel": [], "gflops": []}
     for _ in range(rounds):
         times["old"].append(seconds(old))
         times["new"].append(seconds(new))
+        times["parallel"].append(seconds(parallel))
         times["gflops"].append(gflops())
     ratio = statistics.median(o / n for o, n in zip(times["old"], times["new"], strict=True))
     test_tasks = int(cfg.eval.tasks)
     rate_old, rate_new = tasks / min(times["old"]), tasks / min(times["new"])
+    rate_parallel = tasks / min(times["parallel"])
     return {
         "row": name,
         "steps": len(module._curve_steps()),
@@ -110,6 +130,11 @@ def measure(name: str, tasks: int, rounds: int) -> dict:
         "test_tasks": test_tasks,
         "minutes_old": test_tasks / rate_old / 60,
         "minutes_new": test_tasks / rate_new / 60,
+        "parallel": rate_parallel,
+        "parallel_ratio": statistics.median(
+            o / p for o, p in zip(times["old"], times["parallel"], strict=True)
+        ),
+        "minutes_parallel": test_tasks / rate_parallel / 60,
         "gflops": statistics.median(times["gflops"]),
     }
 
@@ -119,18 +144,24 @@ def main() -> None:
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"any of {', '.join(ROWS)}")
     parser.add_argument("--tasks", type=int, default=3, help="tasks per timed pass")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="threads of the third column (idle cores)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    w = args.workers
     print(
         "| row | scored steps | per-task tasks/s | new tasks/s | x per-task (median of rounds) "
-        "| test tasks | projected minutes, per-task -> new | mm GFLOP/s |"
+        f"| new on {w} workers tasks/s | x per-task | test tasks "
+        f"| projected minutes, per-task -> new -> {w} workers | mm GFLOP/s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.rows.split(","):
-        r = measure(name, args.tasks, args.rounds)
+        r = measure(name, args.tasks, args.rounds, w)
         print(
             f"| {r['row']} | {r['steps']} | {r['old']:.2f} | {r['new']:.2f} | {r['ratio']:.2f} "
-            f"| {r['test_tasks']} | {r['minutes_old']:.1f} -> {r['minutes_new']:.1f} "
+            f"| {r['parallel']:.2f} | {r['parallel_ratio']:.2f} | {r['test_tasks']} "
+            f"| {r['minutes_old']:.1f} -> {r['minutes_new']:.1f} -> {r['minutes_parallel']:.1f} "
             f"| {r['gflops']:.0f} |",
             flush=True,
         )

@@ -23,6 +23,7 @@ from metalab.data.tasks import TaskBatch
 from metalab.distributed import gather_tasks
 from metalab.errors import MetalabError
 from metalab.execution import build_strategy
+from metalab.execution.threads import Replicable
 from metalab.inner_loop import InnerLoop, scored_steps
 from metalab.losses import TASK_KINDS
 from metalab.models import build_model
@@ -136,6 +137,11 @@ class MetaLearner(pl.LightningModule):
         [tasks, len(score_at)]."""
         params = {k: p.detach() for k, p in self.model.named_parameters()}
         evaluate = functools.partial(self.algorithm.evaluate, score_at=score_at)
+        if self.algorithm.parallel_eval:  # test tasks side by side on a CPU's cores
+            evaluate = Replicable(
+                evaluate,
+                lambda: functools.partial(self.algorithm.for_worker().evaluate, score_at=score_at),
+            )
         with torch.enable_grad():
             return self.strategy.map(evaluate, params, batch)
 

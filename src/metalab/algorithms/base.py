@@ -32,6 +32,7 @@ from torch import nn
 from metalab import fast_eval, objectives
 from metalab.data.tasks import TaskBatch
 from metalab.errors import ConfigError
+from metalab.execution.threads import with_own_model
 from metalab.inner_loop import InnerLoop, InnerStep, LearningRate, Params, recording
 from metalab.models.vectorised import is_vectorised
 
@@ -67,6 +68,15 @@ class Algorithm(nn.Module, ABC):
     # instead of a gradient (MAML-RL's TRPO step): the outer optimiser must then be plain
     # SGD with lr 1, no schedule and no clipping, which the module checks.
     writes_step: ClassVar[bool] = False
+    # Whether test tasks may run side by side on worker threads (``for_worker``): those of
+    # the MAML family, Reptile and Meta-LSTM (many small support steps each); not MAML-RL's
+    # (its simulators are shared) nor the metric methods' (one cheap pass a task).
+    parallel_eval: ClassVar[bool] = False
+
+    def for_worker(self) -> Algorithm:
+        """A copy whose ``evaluate`` a worker thread can run beside this one's: its own copy
+        of the model (``functional_call`` swaps a module's parameters in place)."""
+        return with_own_model(self)
 
     def on_outer_step(self, step: int, total_steps: int) -> None:
         """Called before each outer step; annealed algorithms (MAML++, Reptile) use it."""
@@ -177,6 +187,8 @@ class AdaptingAlgorithm(TaskObjective, objectives.AdaptThenScore):
         kind = self.inner_loop.kind
         return kind.loss(prediction, query_y), kind.metric(prediction.detach(), query_y)
 
+    parallel_eval: ClassVar[bool] = True
+
     # Stated, not inherited from TaskObjective: ``objectives.split_objective`` recognises
     # an adapt-then-score objective by this very function.
     meta_objective = objectives.AdaptThenScore.meta_objective
@@ -189,6 +201,8 @@ class FineTuning(Algorithm):
     rule and scores the query set after each; subclasses change where adaptation starts,
     its rates or its rule through ``eval_learning_rate`` and ``eval_options``.
     """
+
+    parallel_eval: ClassVar[bool] = True
 
     def __init__(
         self,

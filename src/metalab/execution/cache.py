@@ -32,7 +32,7 @@ from metalab.results import cpu_model
 log = logging.getLogger(__name__)
 
 FILE = "strategy-auto.json"
-VERSION = 1  # bump when what a choice means changes (a new candidate, another timing rule)
+VERSION = 2  # bump when what a choice means changes (a new candidate, another timing rule)
 
 
 def cache_file() -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
@@ -14,22 +13,12 @@ from metalab.execution import threads as task_threads
 from metalab.execution.base import Backward, Strategy, TaskFn
 from metalab.execution.loop import LoopStrategy
 from metalab.execution.memory import fit_chunk
-from metalab.inner_loop import InnerLoop, Params
+from metalab.inner_loop import Params
 from metalab.models.single_backward import backward_once
 from metalab.models.vectorised import vectorised
 from metalab.objectives import AdaptThenScore, split_objective
 
 log = logging.getLogger(__name__)
-
-
-def _with_own_model(algorithm: AdaptThenScore) -> AdaptThenScore:
-    """A shallow copy of ``algorithm`` running a copy of its model, for a worker thread
-    (``task_threads.map_tasks``); made once per outer step, not per chunk. What the
-    algorithm meta-learns itself (Meta-SGD's rates) stays shared: it is read, never swapped."""
-    own = copy.copy(algorithm)
-    inner_loop = algorithm.inner_loop
-    own.inner_loop = InnerLoop(copy.deepcopy(inner_loop.model), inner_loop.kind)
-    return own
 
 
 class HybridStrategy(Strategy):
@@ -105,9 +94,9 @@ class HybridStrategy(Strategy):
         workers = task_threads.workers_for(len(batch), batch.query_x.device)
         if workers > 1:  # the chunks in flight together share the memory budget
             size = max(1, size // workers)
-        scorers = (
-            [algorithm] if workers == 1 else [_with_own_model(algorithm) for _ in range(workers)]
-        )
+        scorers = [algorithm]
+        if workers > 1:
+            scorers = [task_threads.with_own_model(algorithm) for _ in range(workers)]
         # What a worker differentiates: the parameters and what the algorithm meta-learns
         # itself (Meta-SGD's rates, Meta-LSTM's gates).
         own = algorithm.parameters() if isinstance(algorithm, torch.nn.Module) else ()

@@ -12,17 +12,47 @@ arithmetic is the same; results come back in order.
 from __future__ import annotations
 
 import contextvars
+import copy
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
+from metalab.inner_loop import InnerLoop
+
 Result = TypeVar("Result")
 State = TypeVar("State")
+
+
+def with_own_model(algorithm: Any) -> Any:
+    """A shallow copy of ``algorithm`` running a deep copy of its model, for a worker thread
+    (``map_tasks``). What the algorithm meta-learns itself (Meta-SGD's rates, Meta-LSTM's
+    gates) stays shared: it is read, never swapped."""
+    own = copy.copy(algorithm)
+    inner_loop = algorithm.inner_loop
+    own.inner_loop = InnerLoop(copy.deepcopy(inner_loop.model), inner_loop.kind)
+    return own
+
+
+class Replicable:
+    """A per-task function that worker threads may each run on a copy of its own
+    (``replicate``), for work whose tasks are independent of each other and of their order:
+    test-time adaptation. Training maps stay plain functions (Reptile's carried inner Adam
+    state runs through the tasks in order). Calls and ``repr`` (the strategy cache's key)
+    are those of the function."""
+
+    def __init__(self, fn: Callable[..., Any], replicate: Callable[[], Callable[..., Any]]):
+        self.fn, self.replicate = fn, replicate
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __repr__(self) -> str:
+        return repr(self.fn)
 
 
 @contextmanager
