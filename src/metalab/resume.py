@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from metalab.checkpoints import (
+    AtomicCheckpointIO,
     check_same_setup,
     checkpoint_config,
     copy_checkpoint,
@@ -50,6 +51,44 @@ def carry_checkpoints_over(resume_from: Path, run_dir: Path) -> None:
             copy_checkpoint(kept, target / kept.name)
 
 
+def _moved(path: str, old: str, new: str) -> str:
+    return new + path[len(old) :] if path and (path + os.sep).startswith(old + os.sep) else path
+
+
+def moved_here(resume_from: Path, run_dir: Path) -> Path:
+    """A checkpoint of another run's folder (``resume=PATH``: more budget for a finished run,
+    a fork of one) made this run's ``checkpoints/last.ckpt``, its checkpoint callbacks'
+    paths moved here. Lightning drops a ModelCheckpoint's best score when its folder changed,
+    so the continued run would track the best since the resume only, and write its first new
+    best as best-v1.ckpt beside the carried best.ckpt. The other folder is only read."""
+    here = Path(os.path.realpath(run_dir / "checkpoints"))  # as ModelCheckpoint keeps it
+    ckpt = load_checkpoint(resume_from)
+    states = [
+        state
+        for key, state in ckpt.get("callbacks", {}).items()
+        if key.startswith("ModelCheckpoint") and isinstance(state, dict)
+    ]
+    folders = {str(s.get("dirpath")) for s in states if s.get("dirpath")} - {str(here)}
+    if not folders:
+        return resume_from  # this run's own checkpoint (an earlier attempt's)
+    for state in states:
+        old = str(state.get("dirpath"))
+        if old not in folders:
+            continue
+        state["dirpath"] = str(here)
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if isinstance(state.get(key), str):
+                state[key] = _moved(state[key], old, str(here))
+        if isinstance(state.get("best_k_models"), dict):
+            state["best_k_models"] = {
+                _moved(k, old, str(here)): v for k, v in state["best_k_models"].items()
+            }
+    target = here / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint(ckpt, target)
+    log.info("resume=%s: continuing from its copy %s", resume_from, target)
+    return target
+
+
 RESUME_FROM_ENV = "METALAB_RESUME_FROM"  # rank 0's choice, inherited by the DDP processes
 
 
@@ -74,5 +113,6 @@ def prepare_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
         log.info("resume=%s: continuing from %s", cfg.get("resume", "auto"), resume_from)
         if launched_rank() == 0:
             carry_checkpoints_over(resume_from, run_dir)
+            resume_from = moved_here(resume_from, run_dir)
     os.environ[RESUME_FROM_ENV] = str(resume_from or "")
     return resume_from
