@@ -183,6 +183,7 @@ TRAIN: dict[str, Spec] = {
     "algorithm.eval_lam": Spec("float", minimum=0, maximum=1e6, nullable=True),
     "algorithm.cg_steps": _int(0, STEPS_MAX, hint="0 takes the query gradient itself"),
     "algorithm.cg_damping": Spec("float", minimum=0, maximum=1e6),
+    "algorithm.lam_damping": Spec("float", minimum=0, maximum=1e6),
     "algorithm.learn_lambda": BOOL,
     "algorithm.bias": Spec("float", minimum=-1e6, maximum=1e6),
     # MAML-RL (policy gradient inner loop, TRPO outer step)

@@ -188,9 +188,10 @@ def conv_model() -> nn.Module:
 
 
 def reference_imaml_gradient(
-    params, batch, steps, lr, lam, cg_steps, damping, pullback=False
+    params, batch, steps, lr, lam, cg_steps, damping, pullback=False, lam_damping=0.0
 ) -> list:
-    """Mean over tasks of ((1 + damping) I + H/lam)^-1 g, written with autograd.grad on
+    """Mean over tasks of ((1 + damping) I + H/(lam + lam_damping))^-1 g (lam_damping: the
+    authors' code's matrix_evaluator), written with autograd.grad on
     ``conv4_forward``: proximal gradient descent (``pullback``: plain descent, then one step
     on the proximal term alone, as the authors' code), the query gradient, Hessian-vector
     products by double backward and the textbook conjugate gradient on flat vectors."""
@@ -225,7 +226,7 @@ def reference_imaml_gradient(
         def apply(v, phi=phi, support_grads=support_grads):
             outputs = [piece.view(s) for piece, s in zip(unflatten(v), shapes, strict=True)]
             hv = torch.autograd.grad(support_grads, phi, outputs, retain_graph=True)
-            return (1 + damping) * v + torch.cat([h.flatten() for h in hv]) / lam
+            return (1 + damping) * v + torch.cat([h.flatten() for h in hv]) / (lam + lam_damping)
 
         x, r = torch.zeros_like(b), b.clone()
         p, rs = r.clone(), r @ r
@@ -263,6 +264,22 @@ def test_pullback_solver_matches_the_per_task_reference(strategy):
     assert relative_error(ours, reference) < 1e-8
     proximal = reference_imaml_gradient(params, batch, 2, 0.4, 2.0, 3, 1.0)
     assert relative_error(ours, proximal) > 1e-3  # a different phi, a different gradient
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_lam_damping_matches_the_per_task_reference(strategy):
+    """``algorithm.lam_damping`` (the authors' code: H/(lam + 10) in the CG operator)."""
+    model, batch = conv_model(), image_batch()
+    settings = dict(lam=2.0, cg_steps=3, cg_damping=1.0, inner_solver="pullback", lam_damping=10.0)
+    algorithm = imaml(model, CLASSIFICATION, 2, 0.4, **settings)
+    ours = outer_gradient(algorithm, model, batch, STRATEGIES[strategy]())
+    params = list(model.parameters())
+    reference = reference_imaml_gradient(
+        params, batch, 2, 0.4, 2.0, 3, 1.0, pullback=True, lam_damping=10.0
+    )
+    assert relative_error(ours, reference) < 1e-8
+    undamped = reference_imaml_gradient(params, batch, 2, 0.4, 2.0, 3, 1.0, pullback=True)
+    assert relative_error(ours, undamped) > 1e-4  # the operator differs
 
 
 def test_pullback_evaluation_is_plain_steps_then_the_proximal_step():
@@ -344,6 +361,7 @@ def test_its_outer_step_is_its_own():
         ({"lam": 0.0}, "algorithm.lam=0.0: the proximal strength must be positive"),
         ({"cg_steps": -1}, "algorithm.cg_steps=-1: set it to 0"),
         ({"cg_damping": -0.1}, "algorithm.cg_damping=-0.1: it must be >= 0"),
+        ({"lam_damping": -1.0}, "algorithm.lam_damping=-1.0: it must be >= 0"),
         ({"eval_lam": -1.0}, "algorithm.eval_lam=-1.0: it must be >= 0"),
         ({"first_order": True}, "algorithm=imaml has no setting first_order"),
         ({"inner_solver": "code"}, "algorithm.inner_solver=code: choose proximal"),

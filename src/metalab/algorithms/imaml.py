@@ -15,8 +15,11 @@ solved by ``cg_steps`` of conjugate gradient on Hessian-vector products (each a 
 pass through the one support-loss gradient that ``torch.func.vjp`` keeps): memory does not
 grow with the inner steps, where second-order MAML keeps every step's graph. ``cg_damping``
 adds to the identity, ((1 + cg_damping) I + H/lam), which keeps the system positive
-definite when phi is not an exact minimiser (the authors' code: 1.0); ``cg_steps=0`` takes g
-itself (first-order iMAML, as the authors' code does for cg_steps <= 1).
+definite when phi is not an exact minimiser (the authors' code: 1.0); ``lam_damping`` adds
+to lam in the Hessian term, ((1 + cg_damping) I + H/(lam + lam_damping)): 0 in the paper,
+10 in the authors' code (``matrix_evaluator``'s ``lam_damping``), which keeps the solve
+close to (a multiple of) g; ``cg_steps=0`` takes g itself (first-order iMAML, as the
+authors' code does for cg_steps <= 1).
 
 ``inner_solver`` chooses how phi is reached: ``proximal`` descends the proximal objective at
 every step (the paper's eq. 4 and Algorithm 2); ``pullback`` does what the authors' code
@@ -115,6 +118,7 @@ class IMAML(FineTuning):
         cg_damping: float = 1.0,
         eval_lam: float | None = None,
         inner_solver: str = "proximal",
+        lam_damping: float = 0.0,
     ) -> None:
         super().__init__(inner_loop, inner_steps, inner_lr, eval_inner_steps, eval_inner_lr)
         if not lam > 0:
@@ -129,6 +133,11 @@ class IMAML(FineTuning):
             )
         if not cg_damping >= 0:
             raise ConfigError(f"algorithm.cg_damping={cg_damping}: it must be >= 0 (0: none).")
+        if not lam_damping >= 0:
+            raise ConfigError(
+                f"algorithm.lam_damping={lam_damping}: it must be >= 0 (0: the paper's H/lam; "
+                "the authors' code: 10)."
+            )
         eval_lam = lam if eval_lam is None else eval_lam
         if not eval_lam >= 0:
             raise ConfigError(
@@ -142,6 +151,7 @@ class IMAML(FineTuning):
             )
         self.lam, self.cg_steps, self.cg_damping = lam, cg_steps, cg_damping
         self.eval_lam, self.inner_solver = eval_lam, inner_solver
+        self.lam_damping = lam_damping
 
     # --- the inner problem ---------------------------------------------------------------
 
@@ -180,13 +190,14 @@ class IMAML(FineTuning):
         return kind.loss(prediction, query_y), kind.metric(prediction.detach(), query_y)
 
     def implicit_gradient(self, phi: Params, x: torch.Tensor, y: torch.Tensor, g: Params) -> Params:
-        """((1 + cg_damping) I + H/lam)^-1 g by conjugate gradient, H the support loss's
-        Hessian at phi: each product is a backward pass through one support gradient."""
+        """((1 + cg_damping) I + H/(lam + lam_damping))^-1 g by conjugate gradient, H the
+        support loss's Hessian at phi: each product is a backward pass through one support
+        gradient."""
         if self.cg_steps == 0:
             return g
         support_gradient = grad(lambda p: self.inner_loop.loss(p, x, y))
         _, hessian_product = vjp(support_gradient, phi)
-        lam, identity = self.lam, 1.0 + self.cg_damping
+        lam, identity = self.lam + self.lam_damping, 1.0 + self.cg_damping
 
         def operator(v: Params) -> Params:
             hv = hessian_product(v)[0]  # H is symmetric: the vjp of the gradient is H v
