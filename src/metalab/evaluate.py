@@ -1,7 +1,8 @@
 """``metalab-eval``: test a checkpoint on fixed episodes, with the protocol overridable.
 
 The checkpoint carries the config it was trained with; test-time ways, shots, queries, inner
-steps and learning rate can be changed from the command line, and the result goes to a new
+steps and learning rate (and Reptile's transductive switch, iMAML's proximal strength) can be
+changed from the command line, and the result goes to a new
 ``results.json`` in the evaluation's own directory (the training run is left untouched).
 """
 
@@ -77,6 +78,13 @@ def training_config(ckpt: dict, overrides: DictConfig) -> DictConfig:
                 "transductive switch (Reptile has); leave it out."
             )
         algorithm.transductive = bool(overrides.transductive)
+    if overrides.get("lam") is not None:
+        if "eval_lam" not in algorithm:
+            raise ConfigError(
+                f"lam={overrides.lam}: algorithm={algorithm.name} has no test-time proximal "
+                "term (iMAML has); leave it out."
+            )
+        algorithm.eval_lam = float(overrides.lam)
     if overrides.strategy is not None:
         cfg.strategy = overrides.strategy
     test = overrides.get("dataset", {}).get("test")

@@ -214,6 +214,7 @@ EVAL: dict[str, Spec] = {
     "inner_steps": _int(1, STEPS_MAX, nullable=True),
     "inner_lr": _positive(LR_MAX, nullable=True),
     "transductive": Spec("bool", nullable=True),
+    "lam": Spec("float", minimum=0, maximum=1e6, nullable=True),
     "seed": SEED,
 }
 

@@ -75,3 +75,25 @@ def test_imaml_continues_from_its_checkpoint(jobs, tmp_path):
     assert results["status"] == "completed" and results["train"]["steps"] == 3
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["global_step"] == 3
+
+
+def test_eval_takes_imaml_s_test_time_lam(jobs, tmp_path):
+    """``metalab-eval lam=0``: the authors' test (plain fine-tuning) from the same weights;
+    refused for an algorithm without a test-time proximal term."""
+    ckpt = jobs["imaml"] / "checkpoints" / "last.ckpt"
+    rows = {}
+    for lam in ("0", "50"):
+        out = run_cli(
+            "metalab-eval", f"ckpt_path={ckpt}", f"lam={lam}", "eval.tasks=2",
+            "eval.curve_points=null", f"hydra.run.dir={tmp_path / lam}", cwd=tmp_path,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        rows[lam] = read_results(tmp_path / lam)
+        assert rows[lam]["config"]["algorithm"]["eval_lam"] == float(lam)
+    losses = [r["metrics"]["test/acc"]["per_step"] for r in rows.values()]
+    assert losses[0][0] == losses[1][0]  # the same weights before adaptation
+    out = run_cli(
+        "metalab-eval", f"ckpt_path={jobs['r2d2'] / 'checkpoints' / 'last.ckpt'}", "lam=0",
+        f"hydra.run.dir={tmp_path / 'r2d2'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode != 0 and "algorithm=r2d2 has no test-time proximal term" in out.stderr
