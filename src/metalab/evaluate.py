@@ -55,6 +55,13 @@ def check_ckpt_path(cfg: DictConfig) -> None:
         )
 
 
+# metalab-eval key -> (the algorithm's setting, what an algorithm without it lacks, type)
+ALGORITHM_SWITCHES = {
+    "transductive": ("transductive", "transductive switch (Reptile has)", bool),
+    "lam": ("eval_lam", "test-time proximal term (iMAML has)", float),
+}
+
+
 def training_config(ckpt: dict, overrides: DictConfig) -> DictConfig:
     """The training run's config with the test-time protocol overrides applied."""
     cfg = OmegaConf.create(checkpoint_config(ckpt, overrides.ckpt_path))
@@ -71,20 +78,15 @@ def training_config(ckpt: dict, overrides: DictConfig) -> DictConfig:
         algorithm.eval_inner_steps = overrides.inner_steps
     if overrides.inner_lr is not None:
         algorithm.eval_inner_lr = overrides.inner_lr
-    if overrides.get("transductive") is not None:
-        if "transductive" not in algorithm:
+    for key, (setting, has, convert) in ALGORITHM_SWITCHES.items():
+        value = overrides.get(key)
+        if value is None:
+            continue
+        if setting not in algorithm:
             raise ConfigError(
-                f"transductive={overrides.transductive}: algorithm={algorithm.name} has no "
-                "transductive switch (Reptile has); leave it out."
+                f"{key}={value}: algorithm={algorithm.name} has no {has}; leave it out."
             )
-        algorithm.transductive = bool(overrides.transductive)
-    if overrides.get("lam") is not None:
-        if "eval_lam" not in algorithm:
-            raise ConfigError(
-                f"lam={overrides.lam}: algorithm={algorithm.name} has no test-time proximal "
-                "term (iMAML has); leave it out."
-            )
-        algorithm.eval_lam = float(overrides.lam)
+        algorithm[setting] = convert(value)
     if overrides.strategy is not None:
         cfg.strategy = overrides.strategy
     test = overrides.get("dataset", {}).get("test")

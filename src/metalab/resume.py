@@ -55,14 +55,13 @@ def _moved(path: str, old: str, new: str) -> str:
     return new + path[len(old) :] if path and (path + os.sep).startswith(old + os.sep) else path
 
 
-def moved_here(resume_from: Path, run_dir: Path) -> Path:
+def moved_here(resume_from: Path, ckpt: dict, run_dir: Path) -> Path:
     """A checkpoint of another run's folder (``resume=PATH``: more budget for a finished run,
     a fork of one) made this run's ``checkpoints/last.ckpt``, its checkpoint callbacks'
     paths moved here. Lightning drops a ModelCheckpoint's best score when its folder changed,
     so the continued run would track the best since the resume only, and write its first new
     best as best-v1.ckpt beside the carried best.ckpt. The other folder is only read."""
     here = Path(os.path.realpath(run_dir / "checkpoints"))  # as ModelCheckpoint keeps it
-    ckpt = load_checkpoint(resume_from)
     states = [
         state
         for key, state in ckpt.get("callbacks", {}).items()
@@ -107,12 +106,11 @@ def prepare_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     same setup, with the earlier attempt's best/last copied where Lightning expects them."""
     resume_from = checkpoint_to_resume(cfg, run_dir)
     if resume_from is not None:
-        check_same_setup(
-            checkpoint_config(load_checkpoint(resume_from), resume_from), cfg, resume_from
-        )
+        ckpt = load_checkpoint(resume_from)
+        check_same_setup(checkpoint_config(ckpt, resume_from), cfg, resume_from)
         log.info("resume=%s: continuing from %s", cfg.get("resume", "auto"), resume_from)
         if launched_rank() == 0:
             carry_checkpoints_over(resume_from, run_dir)
-            resume_from = moved_here(resume_from, run_dir)
+            resume_from = moved_here(resume_from, ckpt, run_dir)
     os.environ[RESUME_FROM_ENV] = str(resume_from or "")
     return resume_from
