@@ -88,11 +88,12 @@ def one_process(overrides: list[str], tmp_path) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_two_processes_take_the_one_process_step(algorithm, tmp_path, one_thread):
-    """One thread here as in each DDP process (Lightning gives each cores / processes): a
-    different thread count sums convolutions in another order, and Reptile's inner Adam
-    turns the resulting rounding noise in BN-cancelled conv biases into lr-sized steps."""
+    """One thread here and in each DDP process (set, not left to Lightning, which gives each
+    process cores / processes threads unless OMP_NUM_THREADS says otherwise): a different
+    thread count sums convolutions in another order, and Reptile's inner Adam turns the
+    resulting rounding noise in BN-cancelled conv biases into lr-sized steps."""
     overrides = [*ONE_STEP, *ALGORITHMS[algorithm]]
-    run_dir = train_run(tmp_path, *overrides, "trainer=ddp_cpu")
+    run_dir = train_run(tmp_path, *overrides, "trainer=ddp_cpu", env={"OMP_NUM_THREADS": "1"})
     results = read_results(run_dir)
     ddp = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert ddp["global_step"] == 1
