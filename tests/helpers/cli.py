@@ -51,9 +51,7 @@ def run_cli(
 def train_run(where: Path, *overrides: str, env: dict[str, str | None] | None = None) -> Path:
     """Run metalab-train into ``where/run`` (``env`` added to its environment) and return that
     run directory."""
-    out = run_cli(
-        "metalab-train", *overrides, f"hydra.run.dir={where / 'run'}", cwd=where, env=env
-    )
+    out = run_cli("metalab-train", *overrides, f"hydra.run.dir={where / 'run'}", cwd=where, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return where / "run"
 
