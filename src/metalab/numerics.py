@@ -87,8 +87,7 @@ def _diagnose(module: Any, batch: Any, losses: torch.Tensor) -> tuple[str, str]:
     largest = max(float(p.abs().max()) for p in params.values() if p.numel())
     if largest > WEIGHT_BLOWUP:  # an outer step threw the meta-parameters out of range
         return (
-            f"the meta-parameters have grown to |w| = {largest:.3g} (the outer update "
-            "diverged)",
+            f"the meta-parameters have grown to |w| = {largest:.3g} (the outer update diverged)",
             outer_fix,
         )
     info = replay_task(module.algorithm, params, batch, task)

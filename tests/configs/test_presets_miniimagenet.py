@@ -69,8 +69,15 @@ METALSTM_1 = dict(
     augment=False,
 )  # fmt: skip
 # iMAML has no published mini-ImageNet protocol: MAML's, with iMAML's Omniglot lam/CG/steps
-IMAML_1 = {**MAML_1, "name": "imaml", "inner_steps": 16, "eval_inner_steps": 16, "lam": 2.0,
-           "cg_steps": 5, "cg_damping": 1.0}
+IMAML_1 = {
+    **MAML_1,
+    "name": "imaml",
+    "inner_steps": 16,
+    "eval_inner_steps": 16,
+    "lam": 2.0,
+    "cg_steps": 5,
+    "cg_damping": 1.0,
+}
 # the authors' mini_r2d2 block: 16-way episodes of 15 images a class, Adam 5e-3 halved every
 # 2,000 episodes, lam 50 fixed, scale from 1e-4, 10,000 test episodes (Conv-4 64 embedding)
 R2D2_1 = dict(

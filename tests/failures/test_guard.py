@@ -121,4 +121,3 @@ def test_a_file_metalab_may_not_open_is_one_line_naming_it(tmp_path):
         "metalab: error: cannot open /data/omniglot/x.zip (Permission denied): give this user "
         "access to it, or point dataset.root"
     )
-

@@ -22,23 +22,36 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def omniglot_run(root: Path, name: str, algorithm: str, seed: int, acc: float | None,
-                 status: str | None = "completed", ways: int = 5) -> Path:
+def omniglot_run(
+    root: Path,
+    name: str,
+    algorithm: str,
+    seed: int,
+    acc: float | None,
+    status: str | None = "completed",
+    ways: int = 5,
+) -> Path:
     """An Omniglot ``ways``-way 1-shot run with test accuracy ``acc`` (None: a run that failed
     with an error) and a short metrics.csv, for metalab-compare to read."""
     run = root / name
     run.mkdir(parents=True)
-    config = {"seed": seed, "algorithm": {"name": algorithm, "first_order": algorithm != "maml"},
-              "dataset": {"name": "omniglot", "ways": ways, "shots": 1},
-              "logger": {"wandb": {"group": name}}}
-    results: dict = {"config": config,
-                     "protocol": {"dataset": "omniglot", "ways": ways, "shots": 1}}
+    config = {
+        "seed": seed,
+        "algorithm": {"name": algorithm, "first_order": algorithm != "maml"},
+        "dataset": {"name": "omniglot", "ways": ways, "shots": 1},
+        "logger": {"wandb": {"group": name}},
+    }
+    results: dict = {
+        "config": config,
+        "protocol": {"dataset": "omniglot", "ways": ways, "shots": 1},
+    }
     if status is not None:
         results["status"] = status
     if acc is not None:
-        results["metrics"] = {"test/acc": {"metric": "acc", "mean": acc, "ci95": 0.01,
-                                           "tasks": 600},
-                              "val/acc_best": acc - 0.01}
+        results["metrics"] = {
+            "test/acc": {"metric": "acc", "mean": acc, "ci95": 0.01, "tasks": 600},
+            "val/acc_best": acc - 0.01,
+        }
     else:
         results["error"] = "RuntimeError: out of memory"
     (run / "results.json").write_text(json.dumps(results))

@@ -28,7 +28,9 @@ def test_slurm_launcher_composes_and_renders_sbatch_flags(tmp_path, monkeypatch)
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
     launcher = hydra_config(
-        tmp_path, "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+        tmp_path,
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
         "hydra.launcher.timeout_min=720",
     )["launcher"]
     assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
@@ -42,7 +44,8 @@ def test_slurm_launcher_composes_and_renders_sbatch_flags(tmp_path, monkeypatch)
     (fake_bin / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
     executor = submitit.AutoExecutor(
-        cluster="slurm", folder=tmp_path / "submitit",
+        cluster="slurm",
+        folder=tmp_path / "submitit",
         slurm_max_num_timeout=launcher["max_num_timeout"],
     )
     base = set(OmegaConf.structured(BaseQueueConf).keys())
@@ -54,8 +57,13 @@ def test_slurm_launcher_composes_and_renders_sbatch_flags(tmp_path, monkeypatch)
     params["name"] = "train"
     executor.update_parameters(**params)
     script = executor._executor._make_submission_file_text("python -m metalab.train", "x")
-    for flag in ("--partition=gpu", "--gpus-per-node=1", "--time=720", "--requeue",
-                 "--signal=USR2@120"):
+    for flag in (
+        "--partition=gpu",
+        "--gpus-per-node=1",
+        "--time=720",
+        "--requeue",
+        "--signal=USR2@120",
+    ):
         assert f"#SBATCH {flag}\n" in script, script
     assert executor._executor.max_num_timeout == 3
 
@@ -85,8 +93,13 @@ def test_parallel_launcher_is_joblib_with_processes():
 
 
 def test_override_dirname_leaves_out_keys_that_do_not_change_a_job():
-    overrides = ["algorithm=fomaml", "seed=3", "logger.wandb.group=g", "hydra/launcher=parallel",
-                 "hparams_search=sinusoid_maml"]
+    overrides = [
+        "algorithm=fomaml",
+        "seed=3",
+        "logger.wandb.group=g",
+        "hydra/launcher=parallel",
+        "hparams_search=sinusoid_maml",
+    ]
     with initialize_config_dir(config_dir(), version_base="1.3"):
         cfg = compose("train", overrides, return_hydra_config=True)
     assert cfg.hydra.job.override_dirname == "algorithm=fomaml,seed=3"
@@ -110,11 +123,25 @@ def test_wandb_run_takes_group_override_tags_and_the_saved_id(tmp_path, monkeypa
     from metalab.loggers import build_loggers
 
     monkeypatch.delenv("WANDB_RUN_ID", raising=False)
-    cfg = OmegaConf.create({"csv": False, "wandb": {
-        "project": "p", "mode": "offline", "entity": None, "group": None, "job_type": "train",
-        "name": None, "tags": ["mine"]}})
-    config = {"algorithm": {"name": "fomaml"}, "dataset": {"name": "sinusoid"},
-              "model": {"name": "mlp"}}
+    cfg = OmegaConf.create(
+        {
+            "csv": False,
+            "wandb": {
+                "project": "p",
+                "mode": "offline",
+                "entity": None,
+                "group": None,
+                "job_type": "train",
+                "name": None,
+                "tags": ["mine"],
+            },
+        }
+    )
+    config = {
+        "algorithm": {"name": "fomaml"},
+        "dataset": {"name": "sinusoid"},
+        "model": {"name": "mlp"},
+    }
     (first,) = build_loggers(cfg, tmp_path, "sweep1", config)
     init = first._wandb_init
     assert init["group"] == "sweep1" and init["job_type"] == "train"

@@ -41,8 +41,9 @@ def agent_command(sweep_file: Path, budget: dict) -> tuple[list[str], dict]:
         else:  # a log-uniform range: its geometric middle
             chosen[name] = float((spec["min"] * spec["max"]) ** 0.5)
     chosen.update(budget)
-    args = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in
-                                                           chosen.items()}})
+    args = sweep_utils.create_sweep_command_args(
+        {"args": {k: {"value": v} for k, v in chosen.items()}}
+    )
     args.update(env=["/usr/bin/env"], program=[sweep["program"]], interpreter=["python"])
     command = []
     for part in sweep_utils.create_sweep_command(sweep["command"]):
@@ -55,16 +56,24 @@ def test_two_wandb_agents_starting_jobs_at_once(tmp_path):
     command line drives Hydra overrides, each job gets its own directory (the default run
     directory carries microseconds) and continues the W&B run its agent created."""
     sweep_file = ROOT / "sweeps" / "sinusoid_maml_lr.yaml"
-    budget = {"trainer.max_steps": 2, "trainer.val_check_interval": 1,
-              "logger.wandb.mode": "offline"}  # an agent would log online
+    budget = {
+        "trainer.max_steps": 2,
+        "trainer.val_check_interval": 1,
+        "logger.wandb.mode": "offline",
+    }  # an agent would log online
     command, chosen = agent_command(sweep_file, budget)
     assert command[:2] == ["/usr/bin/env", "metalab-train"]
     assert "trainer.enable_progress_bar=False" in command  # booleans as W&B writes them
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     procs = [
-        subprocess.Popen([*command, "val.tasks=5", "eval.tasks=5", "strategy=loop"],
-                         cwd=tmp_path, env=cli_env(WANDB_RUN_ID=f"agentrun{i}", PATH=path),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [*command, "val.tasks=5", "eval.tasks=5", "strategy=loop"],
+            cwd=tmp_path,
+            env=cli_env(WANDB_RUN_ID=f"agentrun{i}", PATH=path),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     for proc in procs:
@@ -99,11 +108,23 @@ def trial_states(db: Path) -> list[str]:
 def test_optuna_study_killed_mid_way_resumes_from_its_sqlite_file(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     search = tmp_path / "search"
-    args = ["-m", "hparams_search=sinusoid_maml", "hydra.sweeper.n_trials=3", "logger=csv",
-            *TINY, f"hydra.sweep.dir={search}"]
+    args = [
+        "-m",
+        "hparams_search=sinusoid_maml",
+        "hydra.sweeper.n_trials=3",
+        "logger=csv",
+        *TINY,
+        f"hydra.sweep.dir={search}",
+    ]
     db = search / "optuna.db"
-    proc = subprocess.Popen([*cli_argv("metalab-train"), *args], cwd=tmp_path, env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*cli_argv("metalab-train"), *args],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 1200
     while "COMPLETE" not in trial_states(db) and proc.poll() is None:
         assert time.monotonic() < deadline
@@ -112,8 +133,11 @@ def test_optuna_study_killed_mid_way_resumes_from_its_sqlite_file(tmp_path):
     _, err = proc.communicate()
     done_first = trial_states(db).count("COMPLETE")
     assert 1 <= done_first < 3, f"the study was not interrupted mid-way: {err[-2000:]}"
-    first_jobs = {p.name: (p / "results.json").read_bytes()
-                  for p in search.iterdir() if (p / "results.json").is_file()}
+    first_jobs = {
+        p.name: (p / "results.json").read_bytes()
+        for p in search.iterdir()
+        if (p / "results.json").is_file()
+    }
 
     out = run_cli("metalab-train", *args, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

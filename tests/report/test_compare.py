@@ -25,8 +25,14 @@ def report(tmp_path) -> tuple[Path, dict]:
     accs = {"maml": [0.90, 0.92, 0.95], "fomaml": [0.981, 0.983, 0.985]}
     for algorithm, values in accs.items():
         for seed, acc in enumerate(values):
-            omniglot_run(tmp_path / "sweep", f"{algorithm}_{seed}", algorithm, seed, acc,
-                         status=None if seed == 0 else "completed")  # no status = completed
+            omniglot_run(
+                tmp_path / "sweep",
+                f"{algorithm}_{seed}",
+                algorithm,
+                seed,
+                acc,
+                status=None if seed == 0 else "completed",
+            )  # no status = completed
     omniglot_run(tmp_path / "sweep", "maml_9", "maml", 9, None, status="failed")
     out = tmp_path / "report"
     assert main([str(tmp_path / "sweep"), "--out", str(out)]) == 0
@@ -56,8 +62,10 @@ def test_groups_are_the_differing_keys_and_means_are_over_seeds(report):
 def test_published_numbers_and_the_outside_ci_flag(report):
     out, data = report
     rows = data["rows"]
-    maml, fomaml = TABLE[("omniglot", "maml", 5, 1, None)], TABLE[("omniglot", "fomaml", 5, 1,
-                                                                      None)]
+    maml, fomaml = (
+        TABLE[("omniglot", "maml", 5, 1, None)],
+        TABLE[("omniglot", "fomaml", 5, 1, None)],
+    )
     assert float(rows["maml"]["published"]) == maml.mean == 98.7
     assert float(rows["maml"]["published_ci95"]) == maml.ci95 == 0.4
     assert "Finn et al. 2017" in rows["maml"]["published_source"]
@@ -72,8 +80,9 @@ def test_published_numbers_and_the_outside_ci_flag(report):
     assert "OUTSIDE published CI" in markdown and "within published CI" in markdown
     assert "Finn et al. 2017" in markdown
     header = next(line for line in markdown.splitlines() if line.startswith("| group |"))
-    assert header.index("| published |") < header.index("| gap to paper |") < header.index(
-        "| flag |")
+    assert (
+        header.index("| published |") < header.index("| gap to paper |") < header.index("| flag |")
+    )
     assert f"{maml_mean - 98.7:+.2f} pts" in markdown  # -6.37 pts
 
 
@@ -97,8 +106,9 @@ def test_config_falls_back_to_hydra_config_yaml(tmp_path):
 def test_by_groups_on_the_keys_asked_for(tmp_path):
     for seed, ways in enumerate([5, 5, 20]):
         omniglot_run(tmp_path / "runs", f"r{seed}", "maml", seed, 0.9 + seed / 100, ways=ways)
-    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
-                 "--by", "dataset.ways"]) == 0
+    assert (
+        main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--by", "dataset.ways"]) == 0
+    )
     with (tmp_path / "out" / "comparison.csv").open() as handle:
         rows = {row["dataset.ways"]: row for row in csv.DictReader(handle)}
     assert int(rows["5"]["runs"]) == 2 and int(rows["20"]["runs"]) == 1
@@ -133,7 +143,8 @@ def test_reptile_rows_follow_the_transductive_setting_and_the_flag_names_the_int
     assert float(by_method["Reptile (transductive)"]["published"]) == 97.68
     assert float(by_method["Reptile (non-transductive)"]["published"]) == 95.39
     assert float(by_method["Reptile (non-transductive)"]["gap_to_published"]) == pytest.approx(
-        96.0 - 95.39)
+        96.0 - 95.39
+    )
     assert by_method["ANIL"]["published_interval"] == "std over 3 seeds"
     markdown = (tmp_path / "out" / "comparison.md").read_text()
     assert "(std over 3 seeds)" in markdown  # ANIL's ± is not a CI over tasks

@@ -79,8 +79,10 @@ def test_lookup_picks_reptiles_transductive_or_non_transductive_row() -> None:
     assert lookup({**flat, "algorithm.transductive": True}, protocol).mean == 97.68
     assert lookup({**flat, "algorithm.transductive": False}, protocol).mean == 95.39
     assert lookup(flat, protocol).mean == 97.68  # the config's default is transductive
-    nested = {"dataset": {"name": "miniimagenet"},
-              "algorithm": {"name": "reptile", "transductive": False}}
+    nested = {
+        "dataset": {"name": "miniimagenet"},
+        "algorithm": {"name": "reptile", "transductive": False},
+    }
     assert lookup(nested, protocol).mean == 47.07  # nested configs (results.json) too
     assert lookup({**flat, "algorithm.transductive": "false"}, protocol).mean == 95.39
 
@@ -89,10 +91,14 @@ def test_lookup_covers_every_algorithm_and_falls_back_to_the_config() -> None:
     for key in TABLE:
         if key.dataset == "sinusoid":
             continue
-        config = {"dataset.name": key.dataset, "algorithm.name": key.algorithm,
-                  "dataset.ways": key.ways, "dataset.shots": key.shots,
-                  "algorithm.transductive": key.variant != "non-transductive",
-                  "algorithm.fce": key.variant == "fce"}
+        config = {
+            "dataset.name": key.dataset,
+            "algorithm.name": key.algorithm,
+            "dataset.ways": key.ways,
+            "dataset.shots": key.shots,
+            "algorithm.transductive": key.variant != "non-transductive",
+            "algorithm.fce": key.variant == "fce",
+        }
         assert lookup(config, {}) is TABLE[key], key
     sinusoid = {"dataset.name": "sinusoid", "algorithm.name": "maml", "dataset.shots": 5}
     assert lookup(sinusoid, {"inner_steps": 1}).mean == 0.67
@@ -133,15 +139,19 @@ def test_command_line_prints_the_table_and_one_entry(capsys) -> None:
     assert main(["--get", "protonet", "omniglot", "5", "1"]) == 0
     assert capsys.readouterr().out.split("\t")[:2] == ["98.8", "-"]
     assert main(["--get", "metalstm", "omniglot", "5", "1"]) == 1
-    done = subprocess.run([sys.executable, "-m", "metalab.compare.published", "--markdown"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "metalab.compare.published", "--markdown"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert done.stdout == markdown()
 
 
 def inline_python() -> str:
     text = SCRIPT.read_text()
     start = text.index("<<'PY'\n") + len("<<'PY'\n")
-    return text[start:text.index("\nPY\n", start)]
+    return text[start : text.index("\nPY\n", start)]
 
 
 def test_accuracy_table_script_reads_the_one_table() -> None:
@@ -156,20 +166,31 @@ def test_accuracy_table_script_reads_the_one_table() -> None:
 def test_accuracy_table_script_reports_gap_and_flag(tmp_path: Path) -> None:
     def run(name: str, algorithm: str, ways: int, acc: float, **extra) -> None:
         (tmp_path / name).mkdir()
-        (tmp_path / name / "results.json").write_text(json.dumps({
-            "status": "completed",
-            "config": {"algorithm": {"name": algorithm, **extra},
-                       "dataset": {"name": "omniglot", "ways": ways, "shots": 1}},
-            "protocol": {"dataset": "omniglot", "ways": ways, "shots": 1},
-            "metrics": {"test/acc": {"mean": acc, "ci95": 0.004}},
-            "train": {"steps": 100},
-        }))
+        (tmp_path / name / "results.json").write_text(
+            json.dumps(
+                {
+                    "status": "completed",
+                    "config": {
+                        "algorithm": {"name": algorithm, **extra},
+                        "dataset": {"name": "omniglot", "ways": ways, "shots": 1},
+                    },
+                    "protocol": {"dataset": "omniglot", "ways": ways, "shots": 1},
+                    "metrics": {"test/acc": {"mean": acc, "ci95": 0.004}},
+                    "train": {"steps": 100},
+                }
+            )
+        )
 
     run("maml_5w1s", "maml", 5, 0.95)
     run("reptile_20w1s", "reptile", 20, 0.881, transductive=False)
     run("metalstm_5w1s", "metalstm", 5, 0.9)
-    done = subprocess.run([sys.executable, "-", str(tmp_path)], input=inline_python(),
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-", str(tmp_path)],
+        input=inline_python(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = {line.split(" | ")[0].lstrip("| "): line for line in done.stdout.splitlines()[2:]}
     assert "| 98.7 ± 0.4 | -3.70 | OUTSIDE |" in rows["maml"]
     assert "| 88.14 ± 0.15 | -0.04 | within |" in rows["reptile"]

@@ -69,9 +69,7 @@ def algorithms_for(task: str) -> list[str]:
 def datasets_for(kinds: tuple[str, ...]) -> list[str]:
     """The data set options (``conf/dataset``) whose tasks are of one of ``kinds``."""
     folder = Path(config_dir()) / "dataset"
-    return sorted(
-        p.stem for p in folder.glob("*.yaml") if OmegaConf.load(p).get("task") in kinds
-    )
+    return sorted(p.stem for p in folder.glob("*.yaml") if OmegaConf.load(p).get("task") in kinds)
 
 
 def check_task_kind(name: str, task: str, dataset: str) -> None:

@@ -185,9 +185,7 @@ class Reptile(FineTuning):
         rows = torch.arange(len(batch), device=x.device).unsqueeze(1)
         return TaskBatch(x[rows, order], y[rows, order], x, y)
 
-    def outer_step(
-        self, params: Params, batch: TaskBatch, strategy, backward: Backward
-    ) -> Scores:
+    def outer_step(self, params: Params, batch: TaskBatch, strategy, backward: Backward) -> Scores:
         """Write eps * (theta - mean adapted) into each parameter's ``.grad`` (there is no
         loss to differentiate, so ``backward`` is not called).
 

@@ -257,9 +257,7 @@ def run_table(rows: list[Row], thresholds: list[Threshold]) -> tuple[list[str], 
     return header, cells
 
 
-def run_record(
-    label: str, run: Run, thresholds: list[Threshold], base: Path
-) -> dict[str, Any]:
+def run_record(label: str, run: Run, thresholds: list[Threshold], base: Path) -> dict[str, Any]:
     """One line of time_to_accuracy.csv: the run's budget and its first crossings (steps:
     outer steps done, load.validation_step), its folder relative to ``base``."""
     record: dict[str, Any] = {
