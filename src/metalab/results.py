@@ -15,6 +15,7 @@ import torch
 
 import metalab
 from metalab import native
+from metalab.cpu_speed import matmul_gflops
 
 
 def mean_and_ci95(values: torch.Tensor) -> tuple[float, float]:
@@ -53,10 +54,12 @@ def cpu_model() -> str:
 
 
 def hardware(cfg: Any) -> dict[str, Any]:
-    """What a run's times were measured on, for the tables that compare them."""
+    """What a run's times were measured on, for the tables that compare them: the CPU, and
+    what one of its threads computes a second (a CPU-second differs between machines)."""
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
+        "matmul_gflops_per_thread": round(matmul_gflops(), 1),
         "torch_threads": torch.get_num_threads(),
         "accelerator": str(cfg.trainer.accelerator),
         "devices": cfg.trainer.devices,

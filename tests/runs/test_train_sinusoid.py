@@ -37,6 +37,8 @@ def test_results_json_records_metrics_and_protocol(run_dir):
     assert results["train"]["steps"] == 1500
     assert results["strategy"].startswith("auto -> ")
     assert results["metalab_version"]
+    # what a CPU-second of this machine buys, for comparing budgets across machines
+    assert 0.1 < results["hardware"]["matmul_gflops_per_thread"] < 10_000
 
 
 def test_checkpoints_and_csv_metrics_are_written(run_dir):

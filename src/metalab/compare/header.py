@@ -72,6 +72,34 @@ def budget_text(runs: list[Run]) -> str:
     return ", ".join(parts) or "not recorded (runs older than metalab's time logging)"
 
 
+UNLIKE_SPEEDS = 1.5  # beyond the 10-20% drift of one shared machine between runs
+
+
+def cpu_speed_text(runs: list[Run]) -> str:
+    """The one-thread matmul rate the runs' machines measured (``results.json``'s
+    ``hardware.matmul_gflops_per_thread``), with a warning when CPU seconds bought unlike
+    amounts of work: budgets and times in CPU seconds then compare machines, not methods."""
+    speeds = [
+        float(speed)
+        for run in runs
+        if isinstance(speed := run.hardware.get("matmul_gflops_per_thread"), int | float)
+        and speed > 0
+    ]
+    if not speeds:
+        return ""
+    low, high = min(speeds), max(speeds)
+    rates = dict.fromkeys((f"{low:.0f}", f"{high:.0f}"))  # one number when both print alike
+    text = "–".join(rates) + " GFLOP/s one-thread float32 matmul"
+    if len(speeds) < len(runs):
+        text += f" ({len(speeds)} of {plural(len(runs), 'run')} recorded it)"
+    if high / low > UNLIKE_SPEEDS:
+        text += (
+            f"; the fastest machine computes {high / low:.1f}x as much a CPU-second as the "
+            "slowest, so CPU budgets and times compare machines as well as methods"
+        )
+    return text
+
+
 def when(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(seconds))
 
@@ -152,6 +180,7 @@ def report_header(
     hardware = [hardware_text(run.hardware) for run in trained if run.hardware]
     if hardware:
         lines.append(("Hardware", counted(hardware)))
+    lines.append(("CPU speed", cpu_speed_text(trained)))
     lines += [
         ("Runs", runs_text(groups, skipped)),
         ("Date", date_text(everything, time.time() if now is None else now)),
