@@ -18,9 +18,11 @@ REPEATS = 7
 
 def matmul_gflops(size: int = SIZE, repeats: int = REPEATS) -> float:
     """GFLOP/s of one thread multiplying two ``size`` x ``size`` float32 matrices, the best
-    of ``repeats`` products after a warm-up (the best, because another process on the core
-    only ever slows a product down). Takes about 20-100 ms; the thread count is restored and
-    no random number is drawn, so a run's reproducibility is untouched."""
+    of ``repeats`` products after a warm-up. A process on the same core (or its hyperthread
+    sibling) lowers it, as it lowers what the run's CPU seconds buy: measured beside a second
+    one-thread run on a 2-vCPU machine, 15-21 GFLOP/s against 31 alone. Takes about 20-100
+    ms; the thread count is restored and no random number is drawn, so a run's
+    reproducibility is untouched."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
