@@ -2,7 +2,7 @@
 
 Budgets are CPU seconds (``trainer.max_cpu_seconds``) so that runs sharing a machine stay
 comparable; between machines they are not (a 2-core Zen 1 EPYC ran MAML's Omniglot preset at
-a third of the steps per CPU-second of another 2-core EPYC). Every run records this rate in
+about a quarter of the steps per CPU-second of another 2-core EPYC). Every run records this rate in
 its ``results.json`` so that ``metalab-compare`` can say when its CPU times came from
 machines of different speed."""
 
