@@ -33,7 +33,8 @@ TINY_OMNIGLOT = (
 def test_a_run_records_the_path_its_first_block_took(tmp_path, monkeypatch, switch):
     if switch == "off":
         monkeypatch.setenv("METALAB_NATIVE_KERNELS", "0")  # the run's subprocess inherits it
-    kernels = read_results(train_run(tmp_path, *TINY_OMNIGLOT))["kernels"]
+    # a fresh interpreter: the switch is read once per process, and this one has read it
+    kernels = read_results(train_run(tmp_path, *TINY_OMNIGLOT, fresh=True))["kernels"]
     passes = kernels["passes"]
     assert passes["composite"] > 0  # the inner loop's graphs are differentiated twice
     assert "a graph that may be differentiated twice" in kernels["reason"]

@@ -1,4 +1,4 @@
-"""Run metalab's console scripts as a user would: in a subprocess, from a given directory."""
+"""Run metalab's console scripts as a user would: a process of their own, from a given directory."""
 
 from __future__ import annotations
 
@@ -35,9 +35,30 @@ def run_cli(
     cwd: Path,
     timeout: float = 1800,
     env: dict[str, str | None] | None = None,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run a console script (found next to this Python, else as ``python -m``), with
-    ``env`` added to the environment (a None value unsets that variable)."""
+    """Run a console script with ``env`` added to the environment (a None value unsets that
+    variable): metalab-train and metalab-eval forked from the test process where they can be
+    (tests/helpers/forked.py: the same exit status and output without importing torch and
+    Lightning again, 5-13 CPU-seconds a command), else, or with ``fresh``, as a console script
+    in a fresh interpreter."""
+    if not fresh:
+        from tests.helpers.forked import forkable, run_cli_forked
+
+        if forkable(command, args):
+            return run_cli_forked(command, *args, cwd=cwd, timeout=timeout, env=env)
+    return run_console_script(command, *args, cwd=cwd, timeout=timeout, env=env)
+
+
+def run_console_script(
+    command: str,
+    *args: str,
+    cwd: Path,
+    timeout: float = 1800,
+    env: dict[str, str | None] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run a console script (found next to this Python, else as ``python -m``) in a fresh
+    interpreter, with ``env`` added to the environment (a None value unsets that variable)."""
     return subprocess.run(
         [*cli_argv(command), *args],
         cwd=cwd,
@@ -48,10 +69,18 @@ def run_cli(
     )
 
 
-def train_run(where: Path, *overrides: str, env: dict[str, str | None] | None = None) -> Path:
-    """Run metalab-train into ``where/run`` (``env`` added to its environment) and return that
-    run directory."""
-    out = run_cli("metalab-train", *overrides, f"hydra.run.dir={where / 'run'}", cwd=where, env=env)
+def train_run(
+    where: Path,
+    *overrides: str,
+    env: dict[str, str | None] | None = None,
+    fresh: bool = False,
+) -> Path:
+    """Run metalab-train into ``where/run`` (``env`` added to its environment; ``fresh``: in a
+    fresh interpreter, see run_cli) and return that run directory."""
+    out = run_cli(
+        "metalab-train", *overrides, f"hydra.run.dir={where / 'run'}", cwd=where, env=env,
+        fresh=fresh,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     return where / "run"
 

@@ -42,7 +42,7 @@ import warnings
 from pathlib import Path
 from typing import IO
 
-from tests.helpers.cli import SCRIPTS, cli_argv, cli_env, run_cli
+from tests.helpers.cli import SCRIPTS, cli_argv, cli_env, run_console_script
 
 ENTRY_POINTS = {"metalab-train": "train", "metalab-eval": "evaluate"}  # metalab.cli's
 # What a job imports; imported once here so that no fork imports them again.
@@ -62,12 +62,18 @@ OWN_PROCESSES = re.compile(r"^hydra/launcher=(parallel|joblib|slurm\w*|submitit\
 
 
 def forkable(command: str, args: list[str] | tuple[str, ...] = ()) -> bool:
-    """Whether ``command args`` runs forked here (else as a real console script)."""
+    """Whether ``command args`` runs forked here (else as a real console script): not while
+    this process runs torch on several threads, since OpenMP's thread team does not survive a
+    fork (the child would wait on threads it does not have); one thread each is what pytest's
+    workers get on a machine with no more cores than workers (tests/conftest.py)."""
+    import torch
+
     return (
         command in ENTRY_POINTS
         and not any(OWN_PROCESSES.match(a) for a in args)
         and hasattr(os, "fork")
         and os.environ.get("METALAB_TEST_SUBPROCESS") != "1"
+        and torch.get_num_threads() == 1
     )
 
 
@@ -306,7 +312,7 @@ def run_cli_forked(
     """``tests.helpers.cli.run_cli``, forked where it can be: the same arguments, the same
     result (exit status, stdout, stderr)."""
     if not forkable(command, args):
-        return run_cli(command, *args, cwd=cwd, timeout=timeout, env=env)
+        return run_console_script(command, *args, cwd=cwd, timeout=timeout, env=env)
     # the child's output goes to files: a pipe nobody reads while it runs could fill
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = ForkedProcess(

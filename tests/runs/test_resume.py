@@ -19,7 +19,7 @@ import pytest
 from metalab.checkpoints import load_checkpoint
 from metalab.run_lock import LOCK_NAME
 from tests.helpers.cli import read_results, run_cli
-from tests.helpers.forked import ForkedProcess, popen_cli, run_cli_forked
+from tests.helpers.forked import ForkedProcess, popen_cli
 
 # Sinusoid MAML with a checkpoint every 20 steps: long enough (~10 s) to be killed part-way,
 # with Adam, a cosine schedule and the episode stream all to be restored.
@@ -41,8 +41,7 @@ RUN = [
 
 def train(run_dir: Path, cwd: Path, fresh: bool = False) -> subprocess.CompletedProcess:
     """metalab-train RUN into run_dir: forked, or in a fresh interpreter."""
-    run = run_cli if fresh else run_cli_forked
-    out = run("metalab-train", *RUN, f"hydra.run.dir={run_dir}", cwd=cwd)
+    out = run_cli("metalab-train", *RUN, f"hydra.run.dir={run_dir}", cwd=cwd, fresh=fresh)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
