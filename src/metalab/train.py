@@ -78,6 +78,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
             weights_only=True,
         )
     train_seconds = time.time() - started
+    keep_initial_weights(trainer, run_dir)
     train_cpu, train_wall = next(
         c for c in trainer.callbacks if isinstance(c, TrainingClock)
     ).seconds()
@@ -123,6 +124,17 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     print_test_summary(summary, results["protocol"], run_dir / "results.json")
     print_domains(summaries)
     return val_best
+
+
+def keep_initial_weights(trainer: pl.Trainer, run_dir: Path) -> None:
+    """A run with no training step (``trainer.max_steps=0``: a random-initialisation baseline)
+    still leaves ``checkpoints/last.ckpt``, so that metalab-eval can test its weights under
+    another protocol as it tests a trained run's. Lightning writes checkpoints from training
+    steps and validations only. The save is collective (a barrier), so rank 0 decides for all:
+    a rank that looked after rank 0 had written would skip it and leave rank 0 waiting."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if trainer.strategy.broadcast(trainer.global_step == 0 and not last.exists(), src=0):
+        trainer.save_checkpoint(last)
 
 
 def job(cfg: DictConfig) -> float | None:

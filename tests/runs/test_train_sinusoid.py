@@ -88,3 +88,24 @@ def test_eval_reloads_checkpoint_with_new_protocol(run_dir, tmp_path):
     assert results["protocol"]["shots"] == 5 and results["num_test_tasks"] == 100
     assert results["metrics"]["test/mse"]["mean"] > 0
     assert (run_dir / "results.json").read_bytes() == before  # the training run is untouched
+
+
+def test_a_run_with_no_training_step_leaves_its_initial_weights_to_evaluate(tmp_path):
+    """``trainer.max_steps=0`` (a random-initialisation baseline) tests the initial weights
+    and keeps them as last.ckpt: metalab-eval on it gives the run's own test numbers."""
+    run = train_run(tmp_path, "trainer.max_steps=0", "eval.tasks=20", "val.tasks=5", "logger=csv")
+    results = read_results(run)
+    assert results["train"]["steps"] == 0
+    assert results["tested_checkpoint"] == "initial weights (no training step)"
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_file() and (run / "checkpoints" / "last.ckpt.sha256").is_file()
+    out = run_cli(
+        "metalab-eval", f"ckpt_path={last}", "eval.tasks=20", f"hydra.run.dir={tmp_path / 'eval'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    again = read_results(tmp_path / "eval")["metrics"]["test/mse"]
+    assert again["tasks"] == 20
+    assert [s["mean"] for s in again["per_step"]] == pytest.approx(
+        [s["mean"] for s in results["metrics"]["test/mse"]["per_step"]], rel=1e-6
+    )
