@@ -42,12 +42,11 @@ def run_cli(
     (tests/helpers/forked.py: the same exit status and output without importing torch and
     Lightning again, 5-13 CPU-seconds a command), else, or with ``fresh``, as a console script
     in a fresh interpreter."""
-    if not fresh:
-        from tests.helpers.forked import forkable, run_cli_forked
+    if fresh:
+        return run_console_script(command, *args, cwd=cwd, timeout=timeout, env=env)
+    from tests.helpers.forked import run_cli_forked  # it imports this module
 
-        if forkable(command, args):
-            return run_cli_forked(command, *args, cwd=cwd, timeout=timeout, env=env)
-    return run_console_script(command, *args, cwd=cwd, timeout=timeout, env=env)
+    return run_cli_forked(command, *args, cwd=cwd, timeout=timeout, env=env)
 
 
 def run_console_script(

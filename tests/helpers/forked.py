@@ -42,6 +42,8 @@ import warnings
 from pathlib import Path
 from typing import IO
 
+import torch
+
 from tests.helpers.cli import SCRIPTS, cli_argv, cli_env, run_console_script
 
 ENTRY_POINTS = {"metalab-train": "train", "metalab-eval": "evaluate"}  # metalab.cli's
@@ -66,8 +68,6 @@ def forkable(command: str, args: list[str] | tuple[str, ...] = ()) -> bool:
     this process runs torch on several threads, since OpenMP's thread team does not survive a
     fork (the child would wait on threads it does not have); one thread each is what pytest's
     workers get on a machine with no more cores than workers (tests/conftest.py)."""
-    import torch
-
     return (
         command in ENTRY_POINTS
         and not any(OWN_PROCESSES.match(a) for a in args)
