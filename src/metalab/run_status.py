@@ -6,7 +6,9 @@ callback: it runs before Hydra writes ``.hydra/`` into a directory, so an existi
 sweep is refused unless it is resumed. ``resume``:
 
 - ``auto`` (default): a directory whose unfinished job left a checkpoint (a crash, SIGKILL,
-  a pre-emption) is resumed from it; any other existing run or sweep is refused;
+  a pre-emption) is resumed from it, and one killed before its first checkpoint starts again
+  when the same command (the same overrides) runs it; any other existing run or sweep is
+  refused;
 - ``true``: completed jobs are kept, every other job runs again (from its checkpoint if it
   has one, from scratch if it failed);
 - ``false``: an existing run or sweep is always refused;
@@ -27,7 +29,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from metalab import run_lock
 from metalab.distributed import launched_rank
@@ -135,21 +137,57 @@ def resumable_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def prepare_run_dir(run_dir: Path, resume: Any) -> None:
-    """A single run's directory: new, or an earlier attempt that did not complete, resumed."""
+def _command(overrides: Any) -> list[str]:
+    """A job's command-line overrides, without ``resume`` (how to treat the folder, not what
+    the job computes)."""
+    return [str(o) for o in overrides or () if not str(o).lstrip("+~").startswith("resume=")]
+
+
+def earlier_overrides(folder: Path, sweep: bool = False) -> list[str] | None:
+    """The overrides an earlier run (``.hydra/overrides.yaml``) or sweep (``multirun.yaml``)
+    in ``folder`` was started with; None where they cannot be read."""
+    try:
+        if sweep:
+            return _command(OmegaConf.load(folder / "multirun.yaml").hydra.overrides.task)
+        return _command(OmegaConf.load(folder / ".hydra" / "overrides.yaml"))
+    except Exception:  # noqa: BLE001 - missing or unreadable: not known to be the same command
+        return None
+
+
+def killed_before_first_checkpoint(job: Path) -> bool:
+    """A job that was killed (no results.json) or interrupted before it wrote a checkpoint:
+    nothing to continue from, and nothing lost by starting it again (its files move to
+    attempt-N/)."""
+    return read_status(job) in (None, INTERRUPTED) and resumable_checkpoint(job) is None
+
+
+def prepare_run_dir(run_dir: Path, resume: Any, overrides: Any = None) -> None:
+    """A single run's directory: new, or an earlier attempt that did not complete, resumed.
+    ``overrides``: this command's, to recognise the same job killed before a checkpoint."""
     if not holds_a_run(run_dir):
         return
     refuse_foreign_files(run_dir)
     status = read_status(run_dir)
     mode = resume_mode(resume)
+    what = f"a {status} run" if status else "files of an earlier run"
     if mode == "auto":
+        earlier = earlier_overrides(run_dir)
         if status != COMPLETED and resumable_checkpoint(run_dir) is not None:
             log.info("resume=auto: %s holds an unfinished run with a checkpoint", run_dir)
             mode = "true"
+        elif killed_before_first_checkpoint(run_dir) and earlier == _command(overrides):
+            log.info("resume=auto: %s holds this run, stopped before its first checkpoint: "
+                     "starting it again", run_dir)  # fmt: skip
+            mode = "true"
         else:
             mode = "false"
+            if killed_before_first_checkpoint(run_dir) and earlier is not None:
+                what = (
+                    "a run stopped before its first checkpoint that was started with other "
+                    f"overrides ({' '.join(earlier) or 'none'}; now: "
+                    f"{' '.join(_command(overrides)) or 'none'})"
+                )
     if mode == "false":
-        what = f"a {status} run" if status else "files of an earlier run"
         raise ConfigError(
             f"{run_dir} already holds {what} and metalab never overwrites one: choose a new "
             "hydra.run.dir (or leave it at its default), or add resume=true to run it again "
@@ -190,7 +228,7 @@ def check_free_space(folder: Path) -> None:
         )
 
 
-def prepare_sweep_dir(sweep_dir: Path, resume: Any) -> None:
+def prepare_sweep_dir(sweep_dir: Path, resume: Any, overrides: Any = None) -> None:
     if (sweep_dir / RESULTS).is_file() or (sweep_dir / ".hydra").is_dir():
         raise ConfigError(
             f"hydra.sweep.dir={sweep_dir} holds a single run (its results.json or .hydra/), "
@@ -202,8 +240,10 @@ def prepare_sweep_dir(sweep_dir: Path, resume: Any) -> None:
     if not jobs:
         return
     mode = resume_mode(resume)
-    if mode == "auto":  # resume a sweep only when some job can continue from a checkpoint
-        mode = "true" if any(resumable_checkpoint(job) for job in jobs) else "false"
+    if mode == "auto":  # only a sweep with a job to continue, or this sweep cut off early
+        same = earlier_overrides(sweep_dir, sweep=True) == _command(overrides)
+        cut_off = same and any(killed_before_first_checkpoint(job) for job in jobs)
+        mode = "true" if cut_off or any(resumable_checkpoint(job) for job in jobs) else "false"
     if mode == "path":
         raise ConfigError(
             "resume=<checkpoint> continues one run, not a sweep: use resume=true (or auto) "
@@ -293,7 +333,8 @@ class RunGuard(Callback):
             run_lock.acquire(run_dir)  # before anything looks at (or moves) the run's files
             check_free_space(run_dir)
             try:
-                prepare_run_dir(run_dir, "false" if evaluation else config.get("resume", "auto"))
+                resume = "false" if evaluation else config.get("resume", "auto")
+                prepare_run_dir(run_dir, resume, config.hydra.overrides.task)
             except BaseException:
                 run_lock.release(run_dir)
                 raise
@@ -323,7 +364,7 @@ class RunGuard(Callback):
             check_free_space(sweep_dir)
             if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower():
                 return  # an Optuna study resumes from its own storage (its trials are new jobs)
-            prepare_sweep_dir(sweep_dir, config.get("resume", "auto"))
+            prepare_sweep_dir(sweep_dir, config.get("resume", "auto"), config.hydra.overrides.task)
         except (ConfigError, OSError) as error:
             run_lock.release(sweep_dir)
             raise SystemExit(f"metalab: error: {error}") from None

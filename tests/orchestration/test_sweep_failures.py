@@ -87,3 +87,32 @@ def test_failed_job_is_recorded_others_run_and_resume_reruns_only_it(tmp_path):
     assert read_results(jobs[4])["status"] == "completed"  # the unfinished job ran again
     assert (sweep / "multirun.attempt-1.yaml").read_bytes() == before["top"]
     assert not any(sweep.rglob(".hydra-kept"))
+
+
+def test_a_sweep_cut_off_before_a_checkpoint_is_finished_by_the_same_command(tmp_path):
+    """A sweep killed (a pre-emption) while a job had no checkpoint yet: the same command
+    (resume=auto) keeps the completed job, runs the cut-off one again (its files moved to
+    attempt-1/) and the one never started; another command is refused."""
+    sweep = tmp_path / "sweep"
+    command = [*SWEEP[:1], "seed=0,1,2", *SWEEP[3:], f"hydra.sweep.dir={sweep}"]
+    assert run_cli("metalab-train", *command, cwd=tmp_path).returncode == 0
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [job.name.split("_")[0] for job in jobs] == ["0", "1", "2"]
+    (jobs[1] / "results.json").unlink()  # job 1 killed before its first checkpoint,
+    for file in (jobs[1] / "checkpoints").iterdir():
+        file.unlink()
+    (jobs[1] / "checkpoints").rmdir()
+    for file in sorted(jobs[2].rglob("*"), reverse=True):  # job 2 never started
+        file.unlink() if file.is_file() else file.rmdir()
+    jobs[2].rmdir()
+    completed, cut_off = snapshot(jobs[0]), snapshot(jobs[1])
+
+    other = run_cli("metalab-train", *command, "trainer.max_steps=5", cwd=tmp_path)
+    assert other.returncode == 1 and "already holds a sweep of 2 jobs" in other.stderr
+    assert snapshot(jobs[0]) == completed and snapshot(jobs[1]) == cut_off
+
+    out = run_cli("metalab-train", *command, cwd=tmp_path)  # the same command
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert snapshot(jobs[0]) == completed  # kept byte for byte
+    assert snapshot(jobs[1] / "attempt-1") == cut_off
+    assert [read_results(job)["status"] for job in jobs] == ["completed"] * 3

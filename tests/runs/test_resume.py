@@ -9,6 +9,7 @@ and compared with a process that shares nothing with them (not even Python's has
 from __future__ import annotations
 
 import csv
+import shutil
 import signal
 import subprocess
 import time
@@ -132,6 +133,36 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_matches_the_uninterrupted_
     assert resumed["train"]["cpu_seconds"] >= round(times[-1][1], 1)  # results.json keeps 0.1 s
     # nothing from before the kill is lost: it is all in attempt-1/, byte for byte
     assert snapshot(run_dir / "attempt-1") == before
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_the_same_command(
+    uninterrupted, tmp_path
+):
+    """Nothing to continue from, nothing lost by starting again: the same command (a requeued
+    job) re-runs it with the earlier files in attempt-1/; another command is refused."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir, ignore=shutil.ignore_patterns(LOCK_NAME))
+    # what a kill before the first checkpoint leaves: no results.json, no checkpoints/
+    (run_dir / "results.json").unlink()
+    shutil.rmtree(run_dir / "checkpoints")
+    before = snapshot(run_dir)
+
+    other = run_cli("metalab-train", *RUN, "seed=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    assert (
+        f"{run_dir} already holds a run stopped before its first checkpoint that was started "
+        f"with other overrides ({' '.join(RUN)}; now: {' '.join(RUN)} seed=1)"
+    ) in other.stderr
+    assert snapshot(run_dir) == before  # refused before anything was moved or written
+
+    out = train(run_dir, tmp_path)  # the same command: resume=auto
+    said = out.stdout + out.stderr  # said before Hydra opens the run's train.log
+    assert f"resume=auto: {run_dir} holds this run, stopped before its first checkpoint" in said
+    assert f"resume=true: moved the earlier attempt to {run_dir / 'attempt-1'}" in said
+    assert snapshot(run_dir / "attempt-1") == before
+    again = read_results(run_dir)
+    assert again["status"] == "completed" and "resumed_from" not in again
+    assert comparable(again) == comparable(read_results(uninterrupted))
 
 
 def start(run_dir: Path, cwd: Path, *more: str) -> ForkedProcess | subprocess.Popen:
