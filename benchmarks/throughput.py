@@ -98,6 +98,17 @@ WORKLOADS = {
         inner_lr=0.1,
         meta_batch=16,
     ),
+    "mamlpp5w1s": Workload(
+        "mamlpp5w1s",
+        "the MAML++ Omniglot preset's episodes: 5-way 1-shot, 1 query/class, Conv-4, "
+        "5 inner steps, lr 0.1",
+        ways=5,
+        shots=1,
+        queries=1,
+        inner_steps=5,
+        inner_lr=0.1,
+        meta_batch=8,
+    ),
     "sinusoid": Workload(
         "sinusoid",
         "sinusoid regression, MLP 40-40, 10 shots, 10 queries, 1 inner step, lr 0.01",
@@ -123,10 +134,15 @@ IMPLEMENTATIONS = {  # --strategies key -> label
 DEFAULT_IMPLEMENTATIONS = ("textbook", "loop-nchw", "loop", "vmap", "hybrid", "auto")
 # name -> first_order (Reptile is first order by nature)
 ALGORITHMS = {"maml": False, "fomaml": True, "reptile": True, "anil": False, "metasgd": False}
+# MAML++ (all its switches on, per-step batch norm) while its multi-step loss is on (the
+# preset's first msl_anneal_steps outer steps), and after it (the final step's loss alone)
+ALGORITHMS |= {"mamlpp-msl": False, "mamlpp": False}
 # the algorithms the script has a textbook step for; the others compare with metalab's loop
 TEXTBOOK_ALGORITHMS = {"maml", "fomaml", "reptile"}
 # Reptile's outer step runs tasks through Strategy.map, which hybrid leaves to the loop
 NOT_FOR_REPTILE = {"hybrid", "loop-mvbn"}
+# hybrid needs an adapt-then-score objective, which the multi-step loss is not
+NOT_FOR = {"reptile": NOT_FOR_REPTILE, "mamlpp-msl": {"hybrid"}}
 BASELINE = "textbook"
 LOOP = "loop"  # the second reference: metalab's own loop, for every algorithm
 
@@ -283,6 +299,8 @@ def metalab_algorithm(name: str, model: nn.Module, workload: Workload) -> Algori
     if name == "reptile":
         settings.update(inner_optimizer="sgd", inner_batch=None, outer_step_size=1.0)
         settings.update(anneal="none")
+    if name.startswith("mamlpp"):  # its multi-step loss on for 10**9 outer steps, or none
+        settings.update(name="mamlpp", msl_anneal_steps=10**9 if name == "mamlpp-msl" else 0)
     return build_algorithm(OmegaConf.create(settings), InnerLoop(model, task_kind(workload)))
 
 
@@ -836,7 +854,7 @@ def measure_all(args: argparse.Namespace, console: Console) -> list[Row]:
             specs = [
                 f"{implementation},{algorithm},{name}"
                 for implementation in args.strategies.split(",")
-                if not (algorithm == "reptile" and implementation in NOT_FOR_REPTILE)
+                if implementation not in NOT_FOR.get(algorithm, set())
                 and not (implementation == BASELINE and algorithm not in TEXTBOOK_ALGORITHMS)
             ]
             if args.interleave:

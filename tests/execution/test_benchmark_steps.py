@@ -50,3 +50,15 @@ def test_textbook_and_metalab_steps_take_the_same_gradient(throughput, algorithm
         step()
         gradients.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*gradients, strict=True))
+
+
+def test_the_mamlpp_rows_run_the_phase_they_name(throughput):
+    """``mamlpp-msl`` scores every inner step (hybrid cannot run it, so it has no hybrid
+    row); ``mamlpp`` the final step alone, which hybrid runs."""
+    workload = throughput.WORKLOADS["mamlpp5w1s"]
+    model = throughput.metalab_model(workload)
+    during = throughput.metalab_algorithm("mamlpp-msl", model, workload)
+    after = throughput.metalab_algorithm("mamlpp", model, workload)
+    assert during.multi_step_loss_active and not after.multi_step_loss_active
+    assert "hybrid" in throughput.NOT_FOR["mamlpp-msl"]
+    assert "hybrid" not in throughput.NOT_FOR.get("mamlpp", set())
