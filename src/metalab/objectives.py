@@ -4,7 +4,9 @@ Most of the MAML family computes a task's objective as "adapt on the support set
 the query set once". Written as ``AdaptThenScore``, the two halves are visible, so the hybrid
 strategy can vectorise the first over tasks and loop over the second. An algorithm that
 overrides ``meta_objective`` (MAML++'s multi-step loss scores the query set after every
-step) is no longer of this shape, and strategies then treat it as opaque.
+step) is no longer of this shape, and strategies then treat it as opaque, unless it says
+(``scores_once``) that its objective is adapt-then-score at the current outer step (MAML++
+once its multi-step loss has ended).
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ class AdaptThenScore:
     def query_objective(self, adapted: Params, query_x: torch.Tensor, query_y: torch.Tensor):
         raise NotImplementedError
 
+    def scores_once(self) -> bool:
+        """Whether ``meta_objective`` is ``query_objective(adapt_task(...))`` now: always
+        where it is not overridden; an override says when it is."""
+        return type(self).meta_objective is AdaptThenScore.meta_objective
+
     def meta_objective(
         self,
         params: Params,
@@ -38,10 +45,8 @@ class AdaptThenScore:
 
 
 def split_objective(fn: Callable) -> AdaptThenScore | None:
-    """The algorithm behind a bound ``meta_objective`` if it is exactly adapt-then-score."""
+    """The algorithm behind a bound ``meta_objective`` if it is adapt-then-score now."""
     owner = getattr(fn, "__self__", None)
-    if isinstance(owner, AdaptThenScore) and (
-        type(owner).meta_objective is AdaptThenScore.meta_objective
-    ):
+    if isinstance(owner, AdaptThenScore) and owner.scores_once():
         return owner
     return None

@@ -15,8 +15,10 @@ from metalab.algorithms.mamlpp import MAMLPlusPlus, multi_step_loss_weights
 from metalab.algorithms.metasgd import MetaSGD, escape
 from metalab.algorithms.reptile import Reptile
 from metalab.errors import ConfigError
-from metalab.execution import LoopStrategy, VmapStrategy
+from metalab.execution import AutoStrategy, HybridStrategy, LoopStrategy, VmapStrategy
+from metalab.execution import threads as task_threads
 from metalab.inner_loop import InnerLoop
+from metalab.objectives import split_objective
 from tests.helpers.cases import conv_case, mlp_case
 from tests.helpers.reference import (
     anil_meta_gradient,
@@ -140,6 +142,79 @@ def test_mamlpp_with_all_tricks_matches_reference(case, strategy, steps):
         forward, list(model.parameters()), step_rates, bn, step_bn, weights, batch, kind.loss, steps
     )
     assert relative_error(ours, reference) < 1e-8
+
+
+def mamlpp_reference(model, forward, kind, batch, algorithm, steps, weights):
+    """The float64 reference for ``algorithm`` (from ``mamlpp``), and the extra leaves
+    (learnable rates, per-step batch norm) in the order ``meta_gradient`` takes them."""
+    names = [n for n, _ in model.named_parameters()]
+    bn = [names.index(n) for n in algorithm.bn_names]
+    step_rates = [None if j in bn else algorithm.step_rates[escape(n)] for j, n in enumerate(names)]
+    step_bn = [algorithm.step_bn[escape(n)] for n in algorithm.bn_names]
+    extra = [r for r in step_rates if r is not None] + step_bn
+    reference = mamlpp_meta_gradient(
+        forward, list(model.parameters()), step_rates, bn, step_bn, weights, batch, kind.loss, steps
+    )
+    return reference, extra
+
+
+MAMLPP_STRATEGIES = {
+    **STRATEGIES,
+    "hybrid": lambda: HybridStrategy(memory_budget_mib=1e-6),  # a task per chunk
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(MAMLPP_STRATEGIES))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_mamlpp_after_its_multi_step_loss_scores_the_last_step_alone(case, strategy):
+    """The authors' code uses the multi-step loss for its first ``multi_step_loss_num_epochs``
+    only, then the final step's query loss (weight 1): so does MAML++ from outer step
+    ``msl_anneal_steps`` on, under every strategy, hybrid included."""
+    model, forward, kind, batch, lr = CASES[case]()
+    algorithm = mamlpp(model, kind, 2, lr, msl_anneal_steps=100, per_step_bn=case != "mlp")
+    algorithm.on_outer_step(99, 10_000)
+    assert algorithm.multi_step_loss_active and split_objective(algorithm.meta_objective) is None
+    algorithm.on_outer_step(100, 10_000)
+    assert not algorithm.multi_step_loss_active
+    assert split_objective(algorithm.meta_objective) is algorithm
+    reference, extra = mamlpp_reference(model, forward, kind, batch, algorithm, 2, None)
+    ours = meta_gradient(model, algorithm, batch, MAMLPP_STRATEGIES[strategy](), extra)
+    assert relative_error(ours, reference) < 1e-8
+
+
+def test_mamlpp_hybrid_with_two_worker_threads_takes_the_references_gradient(monkeypatch):
+    """Worker threads run copies of MAML++ that share its rates and per-step batch norm."""
+    monkeypatch.setattr(task_threads, "workers_for", lambda tasks, device: 2)
+    model, forward, kind, batch, lr = CASES["conv4-batchnorm"]()
+    algorithm = mamlpp(model, kind, 2, lr, msl_anneal_steps=0)
+    reference, extra = mamlpp_reference(model, forward, kind, batch, algorithm, 2, None)
+    ours = meta_gradient(model, algorithm, batch, HybridStrategy(memory_budget_mib=1e-6), extra)
+    assert relative_error(ours, reference) < 1e-8
+
+
+def test_auto_chooses_again_when_the_multi_step_loss_ends():
+    """Hybrid cannot run the multi-step loss; once it has ended, auto measures it too, and
+    a checkpoint's choice keeps the shape it was made for."""
+    model, forward, kind, batch, lr = CASES["conv4-batchnorm"]()
+    algorithm = mamlpp(model, kind, 2, lr, msl_anneal_steps=3)
+    auto = AutoStrategy([LoopStrategy(), HybridStrategy()], min_repeats=1, max_repeats=1)
+    algorithm.on_outer_step(2, 10)
+    meta_gradient(model, algorithm, batch, auto)
+    assert auto.chosen.name == "loop" and set(auto.timings) == {"loop"}
+    before = auto.state_dict()
+    algorithm.on_outer_step(3, 10)
+    reference, extra = mamlpp_reference(model, forward, kind, batch, algorithm, 2, None)
+    ours = meta_gradient(model, algorithm, batch, auto, extra)
+    assert set(auto.timings) == {"loop", "hybrid"} and auto.chosen_split is True
+    assert relative_error(ours, reference) < 1e-8
+    resumed = AutoStrategy([LoopStrategy(), HybridStrategy()], min_repeats=1, max_repeats=1)
+    resumed.load_state_dict(auto.state_dict())
+    meta_gradient(model, algorithm, batch, resumed)
+    assert resumed.chosen.name == auto.chosen.name and resumed.timings == auto.timings
+    old = AutoStrategy([LoopStrategy(), HybridStrategy()], min_repeats=1, max_repeats=1)
+    old.load_state_dict({k: v for k, v in before.items() if k != "chosen_split"})
+    meta_gradient(model, algorithm, batch, old)  # no shape recorded: the choice stands
+    assert old.chosen.name == "loop" and old.timings == before["timings"]
 
 
 ALL_OFF = dict(multi_step_loss=False, learnable_lr=False, per_step_bn=False, first_order_steps=0)

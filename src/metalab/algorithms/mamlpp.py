@@ -4,6 +4,9 @@ Each trick is a switch; with all of them off this is MAML, gradient for gradient
 - ``multi_step_loss``: the meta-objective is a weighted sum of the query losses after
   every inner step; the weights start uniform and, over ``msl_anneal_steps`` outer steps,
   move to the final step (the schedule of the paper's code, counted in steps, not epochs).
+  From outer step ``msl_anneal_steps`` on, the objective is the final step's query loss
+  alone, MAML's, as in the authors' code (``multi_step_loss_num_epochs``): one query pass
+  per task instead of one per step, and the hybrid strategy can run it.
 - ``learnable_lr``: one learnable learning rate per parameter tensor (layer) and per step.
 - ``per_step_bn``: a batch-norm weight and bias per inner step, meta-learned and not
   adapted in the inner loop. The statistics are per step by construction here: the norm
@@ -98,6 +101,14 @@ class MAMLPlusPlus(MAML):
     def current_first_order(self) -> bool:
         return self.first_order or self.outer_step_index < self.first_order_steps
 
+    @property
+    def multi_step_loss_active(self) -> bool:
+        return self.multi_step_loss and self.outer_step_index < self.msl_anneal_steps
+
+    def scores_once(self) -> bool:
+        """Adapt-then-score (MAML's objective) whenever the multi-step loss is not on."""
+        return not self.multi_step_loss_active
+
     def loss_weights(self) -> list[float]:
         return multi_step_loss_weights(
             self.inner_steps, self.outer_step_index, self.msl_anneal_steps
@@ -134,9 +145,9 @@ class MAMLPlusPlus(MAML):
         return self.update(params, x, y, index, first_order, self.inner_lr)
 
     def meta_objective(self, params, support_x, support_y, query_x, query_y):
-        """Adapt, then score (MAML's), or with the multi-step loss the weighted query
+        """Adapt, then score (MAML's), or while the multi-step loss is on the weighted query
         losses after every inner step."""
-        if not self.multi_step_loss:
+        if not self.multi_step_loss_active:
             return super().meta_objective(params, support_x, support_y, query_x, query_y)
         first_order = self.current_first_order
         loss = None

@@ -51,6 +51,7 @@ class AutoStrategy(Strategy):
         self.settings = dict(settings or {})  # what built the candidates (vmap chunk, budget)
         self.min_repeats, self.max_repeats, self.min_seconds = min_repeats, max_repeats, min_seconds
         self.chosen = None
+        self.chosen_split: bool | None = None  # whether ``chosen`` was picked for a split objective
         self.timings: dict[str, float] = {}
         self.chosen_map = None
         self.map_timings: dict[str, float] = {}
@@ -197,7 +198,17 @@ class AutoStrategy(Strategy):
     def meta_gradient(
         self, fn: TaskFn, params: Params, batch: TaskBatch, backward: Backward
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        split = split_objective(fn) is not None
+        if self.chosen is not None and self.chosen_split is None:
+            self.chosen_split = split  # a checkpoint from before the shape was recorded
+        if self.chosen is not None and split != self.chosen_split:
+            # MAML++'s objective becomes adapt-then-score when its multi-step loss ends:
+            # the candidates that can run it change, so the choice is made again.
+            log.info("strategy=auto: the objective %s adapt-then-score: measuring again",
+                     "is now" if split else "is no longer")  # fmt: skip
+            self.chosen = None
         if self.chosen is None:
+            self.chosen_split = split
             key = self._cache_key("meta-gradient", fn, params, batch)
             cached = self._cached(key, "meta-gradient")
             if cached is not None:
@@ -233,6 +244,7 @@ class AutoStrategy(Strategy):
                 chosen=self.candidates.index(self.chosen),
                 chunk=getattr(self.chosen, "chunk", None),
                 timings=dict(self.timings),
+                chosen_split=self.chosen_split,
             )
         if self.chosen_map is not None:
             state.update(
@@ -248,6 +260,7 @@ class AutoStrategy(Strategy):
             if isinstance(self.chosen, VmapStrategy):
                 self.chosen.chunk = state["chunk"]
             self.timings = dict(state["timings"])
+            self.chosen_split = state.get("chosen_split")
         if "chosen_map" in state:
             self.chosen_map = self.candidates[int(state["chosen_map"])]
             if isinstance(self.chosen_map, VmapStrategy) and self.chosen_map is not self.chosen:

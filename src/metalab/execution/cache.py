@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from metalab.data.cache import default_cache_folder
+from metalab.objectives import split_objective
 from metalab.results import cpu_model
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def workload_key(
         "what": what,
         "function": getattr(fn, "__qualname__", repr(fn)),
         "algorithm": type(owner).__qualname__ if owner is not None else None,
+        "adapt_then_score": split_objective(fn) is not None,
         "settings": _settings(owner) if owner is not None else {},
         "params": [(k, list(p.shape), str(p.dtype)) for k, p in params.items()],
         "support": list(batch.support_x.shape),
