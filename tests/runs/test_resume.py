@@ -135,34 +135,37 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_matches_the_uninterrupted_
     assert snapshot(run_dir / "attempt-1") == before
 
 
-def test_a_run_killed_before_its_first_checkpoint_starts_again_with_the_same_command(
-    uninterrupted, tmp_path
-):
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_the_same_command(tmp_path):
     """Nothing to continue from, nothing lost by starting again: the same command (a requeued
     job) re-runs it with the earlier files in attempt-1/; another command is refused."""
-    run_dir = tmp_path / "run"
-    shutil.copytree(uninterrupted, run_dir, ignore=shutil.ignore_patterns(LOCK_NAME))
+    short = [o for o in RUN if not o.startswith(("trainer.max_steps", "trainer.val_check"))]
+    short += ["trainer.max_steps=10", "trainer.val_check_interval=5"]
+    first, run_dir = tmp_path / "first", tmp_path / "run"
+    assert run_cli("metalab-train", *short, f"hydra.run.dir={first}", cwd=tmp_path).returncode == 0
+    shutil.copytree(first, run_dir, ignore=shutil.ignore_patterns(LOCK_NAME))
     # what a kill before the first checkpoint leaves: no results.json, no checkpoints/
     (run_dir / "results.json").unlink()
     shutil.rmtree(run_dir / "checkpoints")
     before = snapshot(run_dir)
 
-    other = run_cli("metalab-train", *RUN, "seed=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    other = run_cli("metalab-train", *short, "seed=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert other.returncode != 0 and "Traceback" not in other.stderr
     assert (
         f"{run_dir} already holds a run stopped before its first checkpoint that was started "
-        f"with other overrides ({' '.join(RUN)}; now: {' '.join(RUN)} seed=1)"
+        f"with other overrides ({' '.join(short)}; now: {' '.join(short)} seed=1)"
     ) in other.stderr
     assert snapshot(run_dir) == before  # refused before anything was moved or written
 
-    out = train(run_dir, tmp_path)  # the same command: resume=auto
+    out = run_cli("metalab-train", *short, f"hydra.run.dir={run_dir}", cwd=tmp_path)  # resume=auto
+    assert out.returncode == 0, out.stderr[-3000:]
     said = out.stdout + out.stderr  # said before Hydra opens the run's train.log
     assert f"resume=auto: {run_dir} holds this run, stopped before its first checkpoint" in said
     assert f"resume=true: moved the earlier attempt to {run_dir / 'attempt-1'}" in said
     assert snapshot(run_dir / "attempt-1") == before
     again = read_results(run_dir)
     assert again["status"] == "completed" and "resumed_from" not in again
-    assert comparable(again) == comparable(read_results(uninterrupted))
+    assert comparable(again) == comparable(read_results(first))
+    assert rows(metrics_csv(run_dir)) == rows(metrics_csv(first))
 
 
 def start(run_dir: Path, cwd: Path, *more: str) -> ForkedProcess | subprocess.Popen:
