@@ -25,7 +25,11 @@ def cli_argv(command: str) -> list[str]:
 def cli_env(**extra: str | None) -> dict[str, str]:
     # offline whatever the machine's environment says (WANDB_MODE=online would go live)
     quiet = {"WANDB_SILENT": "true", "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
-    merged = {**os.environ, **quiet, **extra}
+    # the console scripts of this interpreter's environment first, activated or not (a
+    # script such as benchmarks/reproduce_gpu.sh calls metalab-train by name)
+    scripts = str(Path(sys.executable).parent)
+    path = os.pathsep.join([scripts, os.environ.get("PATH", "")]).rstrip(os.pathsep)
+    merged = {**os.environ, "PATH": path, **quiet, **extra}
     return {k: v for k, v in merged.items() if v is not None}  # None: unset it
 
 
