@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -245,6 +246,27 @@ class InterruptCheckpoint(Callback):
             self.step = trainer.global_step
             trainer.save_checkpoint(self.ckpt_path, weights_only=False)
             log.warning("%s: saved %s at step %d", self.signal, self.ckpt_path, self.step)
+
+
+class ClockCheckpoint(Callback):
+    """``last.ckpt`` every ``minutes`` of wall clock (``trainer.checkpoint_every_minutes``), so
+    that a kill loses at most that much time however long a step takes. Not ModelCheckpoint's
+    ``train_time_interval``: Lightning 2.6 reads only ``every_n_train_steps`` under manual
+    optimisation. Rank 0's clock decides for every rank (the save is collective)."""
+
+    def __init__(self, dirpath: str | Path, minutes: float) -> None:
+        self.ckpt_path = str(Path(dirpath) / "last.ckpt")
+        self.seconds = 60.0 * minutes
+        self.since: float | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.since = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        due = self.since is not None and time.monotonic() - self.since >= self.seconds
+        if trainer.strategy.broadcast(due):
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+            self.since = time.monotonic()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

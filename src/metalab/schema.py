@@ -118,6 +118,9 @@ TRAIN: dict[str, Spec] = {
     "trainer.val_check_interval": _int(),
     "trainer.log_every_n_steps": _int(),
     "trainer.checkpoint_every_n_steps": _int(nullable=True),
+    "trainer.checkpoint_every_minutes": _positive(
+        525600, nullable=True, hint="minutes of wall clock between saves of last.ckpt"
+    ),
     "trainer.enable_progress_bar": BOOL,
     "logger.csv": BOOL,
     "model.blocks": _int(1, 64),

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.strategies import DDPStrategy
 
 from metalab.budget import CpuTimeBudget, TrainingClock
-from metalab.checkpoints import AtomicCheckpointIO, InterruptCheckpoint
+from metalab.checkpoints import AtomicCheckpointIO, ClockCheckpoint, InterruptCheckpoint
 from metalab.errors import ConfigError
 from metalab.numerics import InnerGradientMonitor
 
@@ -34,6 +34,7 @@ METALAB_KEYS = frozenset(
         "log_every_n_steps",
         "enable_progress_bar",
         "checkpoint_every_n_steps",
+        "checkpoint_every_minutes",
         "strategy",
         "process_group_backend",
         "find_unused_parameters",
@@ -115,12 +116,16 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, monitor: str, mo
         every_n_train_steps=int(every) if every else None,  # else at every validation
         enable_version_counter=False,
     )
+    checkpoints: list[Callback] = [checkpoint, latest]
+    minutes = t.get("checkpoint_every_minutes")
+    if minutes:
+        checkpoints.append(ClockCheckpoint(run_dir / "checkpoints", float(minutes)))
     interrupt = InterruptCheckpoint(run_dir / "checkpoints")
     numerics = cfg.numerics
     inner_gradient = InnerGradientMonitor(
         int(numerics.inner_grad_every_n_steps), float(numerics.inner_grad_warn)
     )
-    callbacks = [checkpoint, latest, interrupt, inner_gradient, TrainingClock()]
+    callbacks = [*checkpoints, interrupt, inner_gradient, TrainingClock()]
     if t.get("max_cpu_seconds"):
         callbacks.append(CpuTimeBudget(float(t.max_cpu_seconds)))
     if t.enable_progress_bar:

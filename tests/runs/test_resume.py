@@ -135,6 +135,25 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_matches_the_uninterrupted_
     assert snapshot(run_dir / "attempt-1") == before
 
 
+def test_checkpoints_by_the_clock_alone_resume_to_the_uninterrupted_run(uninterrupted, tmp_path):
+    """trainer.checkpoint_every_minutes writes last.ckpt by wall clock (Lightning's
+    train_time_interval), however long a step takes: killed after its first one, long before
+    the first validation (step 50) or step trigger (none), the run resumes from it."""
+    by_clock = ["trainer.checkpoint_every_n_steps=null", "trainer.checkpoint_every_minutes=0.0005"]
+    run_dir = tmp_path / "run"
+    process = start(run_dir, tmp_path, *by_clock)
+    wait_for_checkpoint(process, run_dir)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    killed_at = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"]
+    assert 0 < killed_at < 50  # the clock's checkpoint: nothing else writes one before step 50
+    out = run_cli("metalab-train", *RUN, *by_clock, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    resumed = read_results(run_dir)
+    assert resumed["resumed_from"] == str(run_dir / "attempt-1" / "checkpoints" / "last.ckpt")
+    assert comparable(resumed) == comparable(read_results(uninterrupted))
+
+
 def test_a_run_killed_before_its_first_checkpoint_starts_again_with_the_same_command(tmp_path):
     """Nothing to continue from, nothing lost by starting again: the same command (a requeued
     job) re-runs it with the earlier files in attempt-1/; another command is refused."""

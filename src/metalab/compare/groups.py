@@ -27,6 +27,7 @@ IGNORED_KEYS = (
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     "trainer.checkpoint_every_n_steps",
+    "trainer.checkpoint_every_minutes",
     "trainer.accelerator",
     "trainer.devices",
 )
