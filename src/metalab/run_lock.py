@@ -84,3 +84,40 @@ def release(directory: Path) -> None:
 
 def holds(directory: Path) -> bool:
     return Path(directory).resolve() in _held
+
+
+def owner_alive(directory: Path) -> bool | None:
+    """Whether the process that holds (or held) ``directory``'s lock is still alive, from the
+    owner the lock file names, without touching the lock itself (a probe with ``flock``
+    could make a job that starts at that instant refuse its own directory). None when it
+    cannot be told here: the owner ran on another host, or the file is unreadable. No lock
+    file: nothing runs there (``release`` removes it; a killed owner leaves it behind)."""
+    path = Path(directory) / LOCK_NAME
+    try:
+        owner = json.loads(path.read_text())
+        pid, host, since = int(owner["pid"]), str(owner["host"]), float(owner["since"])
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by another user
+        pass
+    started = _start_time(pid)  # a pid the kernel gave again since: another process
+    return started is None or started <= since + 5.0
+
+
+def _start_time(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds), from Linux's /proc; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))  # fmt: skip
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None

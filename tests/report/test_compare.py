@@ -121,7 +121,7 @@ def test_by_groups_on_the_keys_asked_for(tmp_path):
 def test_paths_without_runs_are_refused_in_one_sentence(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("metalab: error: no results.json under")
+    assert err.startswith("metalab: error: no metalab runs under")
     assert main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     omniglot_run(tmp_path / "only_failed", "f", "maml", 0, None, status="failed")

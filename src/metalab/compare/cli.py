@@ -2,7 +2,9 @@
 
 Writes comparison.md, comparison.csv, runs.csv, time_to_accuracy.csv, the PNG plots and
 comparison.html into ``--out`` and prints the header and the table. A ``metalab-eval``
-result is shown under the runs whose checkpoint it tested, never as a further seed.
+result is shown under the runs whose checkpoint it tested, never as a further seed; a
+training run that has not ended is listed apart with its progress (progress.py,
+in_progress.csv), never in the means.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from metalab.compare import progress
 from metalab.compare.discover import find_run_dirs
 from metalab.compare.groups import group_runs
 from metalab.compare.header import PATHS_NOTE, report_header, title
@@ -21,6 +24,7 @@ from metalab.compare.load import MalformedRun, Run, load_run
 from metalab.compare.plots import (
     plot_adaptation_curves,
     plot_metric_vs_cpu_time,
+    plot_progress_curves,
     plot_test_vs_published,
     plot_validation_curves,
 )
@@ -148,23 +152,36 @@ def compare(args: argparse.Namespace, console: Console) -> int:
     skipped = len(run_dirs) - len(runs)
     groups = group_runs(runs, args.by, tuple(args.ignore))
     rows = build_rows(groups)
-    targets = [t for t in asked if any(row.metric == t.metric for row in rows)]
+    running = progress.in_progress(groups)
+    metrics = {row.metric for row in rows} | {run.metric for _, run in running}
+    targets = [t for t in asked if t.metric in metrics]
     failed = sum(len(g.failed) for g in groups)
-    if not rows:
+    if not rows and not running:
         raise MetalabError(
             f"none of the {len(runs)} runs found has completed: there is nothing to compare yet."
         )
     make_out(args.out)
     header = report_header(groups, skipped)
     name = title(groups)
-    print_table(rows, console, header)
-    print_time_table(rows, targets, console)
     out = args.out
+    if rows:
+        print_table(rows, console, header)
+        print_time_table(rows, targets, console)
+    else:
+        for field, text in header:
+            console.print(f"[bold]{field}:[/bold] {text}", highlight=False)
+    progress.print_progress(groups, targets, console, out)
     write_markdown(rows, out / "comparison.md", name, [*header, PATHS_NOTE])
-    append_markdown(rows, targets, out / "comparison.md")
+    if rows:
+        append_markdown(rows, targets, out / "comparison.md")
+    progress.append_markdown(groups, targets, out / "comparison.md")
     write_csv(rows, out / "comparison.csv", extra=lambda row: group_columns(row, targets))
-    write_runs_csv(rows, [], out / "runs.csv")
+    unlisted = [g for g in groups if not g.runs and g.evaluation is None]
+    write_runs_csv(rows, unlisted, out / "runs.csv")
     write_runs_time_csv(rows, targets, out / "time_to_accuracy.csv")
+    tables = ["comparison.html", ".md", ".csv", "runs.csv", "time_to_accuracy.csv"]
+    if progress.write_progress_csv(groups, targets, out / "in_progress.csv"):
+        tables.append("in_progress.csv")
     images = []
     if plot_validation_curves(rows, out / "validation_curves.png"):
         images.append(out / "validation_curves.png")
@@ -176,20 +193,29 @@ def compare(args: argparse.Namespace, console: Console) -> int:
         images.append(png)
     if plot_metric_vs_cpu_time(rows, targets, out / "val_vs_cpu_time.png"):
         images.append(out / "val_vs_cpu_time.png")
-    sections = [
-        section("Budget and time to accuracy", LEGEND, *group_table(rows, targets)),
-        section("Time to accuracy per run", "", *run_table(rows, targets)),
-    ]
+    labelled = [(group.label, run) for group, run in running]
+    if plot_progress_curves(labelled, targets, out / "progress_curves.png"):
+        images.append(out / "progress_curves.png")
+    sections = []
+    if rows:
+        sections += [
+            section("Budget and time to accuracy", LEGEND, *group_table(rows, targets)),
+            section("Time to accuracy per run", "", *run_table(rows, targets)),
+        ]
+    if running:
+        sections.append(
+            section(progress.TITLE, progress.NOTE, *progress.progress_table(groups, targets, out))
+        )
     write_html(rows, images, [r.path for r in runs], out / "comparison.html", sections,
                [*header, PATHS_NOTE], name)  # fmt: skip
     evaluations = sum(1 for run in runs if run.is_eval)
     console.print(
         f"{len(runs) - evaluations} runs ({failed} not completed"
+        f"{f', {len(running)} in progress' if running else ''}"
         f"{f', {skipped} malformed skipped' if skipped else ''}) in "
         f"{sum(1 for g in groups if g.evaluation is None)} groups"
         f"{f', {evaluations} evaluations of their checkpoints' if evaluations else ''}; "
-        f"report in {out}/ (comparison.html, .md, .csv, runs.csv, "
-        f"time_to_accuracy.csv, {', '.join(p.name for p in images)})",
+        f"report in {out}/ ({', '.join([*tables, *(p.name for p in images)])})",
         highlight=False,
     )
     return 0

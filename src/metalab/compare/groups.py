@@ -52,6 +52,8 @@ class Group:
     evaluation: str | None = None  # what was evaluated: "best.ckpt (ways=20)"
     source: Group | None = None  # the training group whose checkpoints were evaluated
     repeats: list[Run] = field(default_factory=list)  # evaluations of a checkpoint counted
+    # training runs that have not ended (running, or killed): their curves so far, no test
+    in_progress: list[Run] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -174,7 +176,7 @@ def name_groups(groups: list[Group]) -> None:
     keys = list(dict.fromkeys(k for g in groups for k in g.key))
     names = short_names(keys)
     for group in groups:
-        group.name = label_of(group.key, group.runs + group.failed, names)
+        group.name = label_of(group.key, group.runs + group.failed + group.in_progress, names)
     if len({g.name for g in groups}) < len(groups):
         for group in groups:
             group.name = ", ".join(f"{k}={v!r}" for k, v in group.key.items()) or "all runs"
@@ -234,7 +236,8 @@ def group_runs(
     for run in training:
         values = {key: run.config.get(key) for key in keys}
         group = groups.setdefault(tuple(map(repr, values.values())), Group(values, []))
-        (group.runs if run.completed else group.failed).append(run)
+        kind = "runs" if run.completed else ("in_progress" if run.in_progress else "failed")
+        getattr(group, kind).append(run)
     trained = list(groups.values())
     name_groups(trained)
     return group_evaluations(trained, evaluations, keys)
@@ -246,7 +249,8 @@ def source_of(run: Run, trained: list[Group]) -> tuple[Group | None, Run | None]
     that folder name with the same seed."""
     if run.source is None:
         return None, None
-    candidates = [(group, r) for group in trained for r in group.runs + group.failed]
+    candidates = [(group, r) for group in trained
+                  for r in group.runs + group.failed + group.in_progress]  # fmt: skip
     for group, candidate in candidates:
         if candidate.path.resolve() == run.source.resolve():
             return group, candidate

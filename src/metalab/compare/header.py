@@ -10,6 +10,7 @@ from typing import Any
 
 from metalab.compare.groups import Group, protocol_text, value_text
 from metalab.compare.load import Run
+from metalab.compare.progress import status_counts
 from metalab.compare.tables import fmt_seconds, mean_of
 from metalab.compare.timing import hardware_text
 
@@ -52,7 +53,9 @@ def span(values: list[Any]) -> str:
 
 def budget_text(runs: list[Run]) -> str:
     """Outer steps per run, how often they validated, the CPU time per run and in all, and
-    the CPU cap the runs were given."""
+    the CPU cap the runs were given; nothing without a completed run."""
+    if not runs:
+        return ""
     parts = []
     steps = span([run.train.get("steps") for run in runs])
     if steps:
@@ -115,6 +118,8 @@ def date_text(runs: list[Run], now: float) -> str:
 
 def commit_text(runs: list[Run]) -> str:
     """``metalab 0.1.0 at a30b4e9``, or each commit with its number of runs."""
+    if not runs:
+        return ""
     commits = Counter((run.commit or "")[:7] or "unknown" for run in runs)
     versions = sorted({run.version for run in runs} - {None})
     prefix = f"metalab {', '.join(versions)} " if versions else ""
@@ -143,7 +148,7 @@ def runs_text(groups: list[Group], skipped: int) -> str:
         {run.config.get("seed") for run in runs} - {None}, key=lambda s: (str(type(s)), s)
     )
     parts = []
-    if trained:
+    if runs:
         seen = f" (seeds {' '.join(map(value_text, seeds))})" if seeds else ""
         parts.append(
             f"{plural(len(runs), 'training run')} in {plural(len(trained), 'group')}{seen}"
@@ -158,6 +163,8 @@ def runs_text(groups: list[Group], skipped: int) -> str:
     failed = sum(len(g.failed) for g in groups)
     if failed:
         parts.append(f"{failed} not completed (kept out of the means)")
+    if status_counts(groups):
+        parts.append(status_counts(groups))
     if skipped:
         parts.append(f"{skipped} malformed, skipped")
     return "; ".join(parts)

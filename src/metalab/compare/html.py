@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from metalab.compare.rows import Row
-from metalab.compare.tables import display_rows, relative, run_lines
+from metalab.compare.tables import NONE_COMPLETED, display_rows, relative, run_lines
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -77,11 +77,11 @@ def write_html(
     )
     base = path.parent
     listed = "".join(
-        f'<li><a href="{esc(quote(relative(s / "results.json", base), safe="/,="))}">'
+        f'<li><a href="{esc(quote(relative(target(s), base), safe="/,="))}">'
         f"{esc(relative(s, base))}</a></li>"
         for s in sources
     )
-    runs = section("Runs", RUNS_NOTE, *run_lines(rows, base))
+    runs = section("Runs", RUNS_NOTE, *run_lines(rows, base)) if rows else ""
     path.write_text(
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>"
@@ -90,10 +90,20 @@ def write_html(
         "run's own CI over test tasks). Accuracy in %. Rows marked ↳ are metalab-eval "
         "results of the checkpoints of the runs above them: one per checkpoint, not seeds."
         "</p>"
-        f'<table id="comparison"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>\n{runs}{''.join(sections)}{figures}\n"
+        + (
+            f'<table id="comparison"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>\n"
+            if rows
+            else f"<p>{esc(NONE_COMPLETED)}</p>\n"
+        )
+        + f"{runs}{''.join(sections)}{figures}\n"
         f"<h2>Compared</h2><ul>{listed}</ul></body></html>\n"
     )
+
+
+def target(run_dir: Path) -> Path:
+    """What a run's link opens: its results.json, or its folder while it has none."""
+    return run_dir / "results.json" if (run_dir / "results.json").exists() else run_dir
 
 
 RUNS_NOTE = (
@@ -109,6 +119,8 @@ CAPTIONS = {
     "dotted: a method without inner steps).",
     "val_vs_cpu_time": "Validation metric against training CPU time, one line per run; "
     "crosses: first time each threshold was reached.",
+    "progress_curves": "Runs in progress: their validation metric so far, over outer steps "
+    "and over training CPU time (dashed: the thresholds).",
 }
 
 

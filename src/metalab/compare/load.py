@@ -17,7 +17,15 @@ from typing import Any
 
 import yaml
 
+from metalab import run_lock
 from metalab.errors import MetalabError
+
+# A training run without results.json: its process is alive (it writes results.json when it
+# ends), or it was killed (resume=auto continues it), or it runs on another host.
+RUNNING, STOPPED, UNFINISHED = "running", "stopped", "unfinished"
+# results.json of a training run stopped by a signal (SIGTERM, a pre-emption): its
+# "checkpoint" is the one it wrote to resume from, not one it tested
+INTERRUPTED = "interrupted"
 
 
 class MalformedRun(MetalabError):
@@ -62,6 +70,12 @@ class Run:
     @property
     def completed(self) -> bool:
         return self.status == "completed" and self.test_mean is not None
+
+    @property
+    def in_progress(self) -> bool:
+        """A training run that has not ended (running, or killed and resumable): no test
+        result yet, only its validation curve so far."""
+        return self.status in (RUNNING, STOPPED, UNFINISHED, INTERRUPTED)
 
     @property
     def is_eval(self) -> bool:
@@ -204,8 +218,11 @@ def read_results(path: Path) -> dict[str, Any]:
 
 
 def load_run(run_dir: Path) -> Run:
-    """The run in ``run_dir``; MalformedRun if its results.json or metrics.csv is malformed."""
+    """The run in ``run_dir``; MalformedRun if its results.json or metrics.csv is malformed.
+    A training run that has no results.json yet is read as in progress (load_in_progress)."""
     path = run_dir / "results.json"
+    if not path.exists():
+        return load_in_progress(run_dir)
     results = read_results(path)
     try:
         return _run_of(run_dir, results)
@@ -223,11 +240,17 @@ def _run_of(run_dir: Path, results: dict[str, Any]) -> Run:
         status=status,
         config=read_config(run_dir, results),
         error=results.get("error"),
-        checkpoint=_path(results, "checkpoint"),
+        checkpoint=_path(results, "checkpoint") if status != INTERRUPTED else None,
         commit=_typed(results, "git_commit", str, "text"),
         version=_typed(results, "metalab_version", str, "text"),
         finished=_mtime(run_dir / "results.json"),
     )
+    if run.in_progress:  # interrupted: the step the signal stopped it at is the latest
+        so_far(run)
+        step = _typed(results, "step", int, "a whole number")
+        if step is not None and step > run.train.get("steps", -1):
+            run.train["steps"] = step
+        return run
     metrics = _typed(results, "metrics", dict, "an object") or {}
     tests = {k: v for k, v in metrics.items() if k.startswith("test/")}
     if not tests:
@@ -249,6 +272,57 @@ def _run_of(run_dir: Path, results: dict[str, Any]) -> Run:
     run.curve = read_curve(metrics_files(run_dir), run.metric)
     run.clock = read_clock(metrics_files(run_dir))
     return run
+
+
+def load_in_progress(run_dir: Path) -> Run:
+    """A training run that has written no results.json: its config and progress so far
+    (so_far); its status says whether its process is alive (run_lock.owner_alive)."""
+    alive = run_lock.owner_alive(run_dir)
+    status = RUNNING if alive else (STOPPED if alive is False else UNFINISHED)
+    return so_far(Run(path=run_dir, status=status, config=read_config(run_dir, {})))
+
+
+def so_far(run: Run) -> Run:
+    """A run in progress with its validation curve and clock so far (every attempt's
+    metrics.csv), the outer steps logged so far in ``train["steps"]`` and the CPU/wall
+    seconds at its last validation in ``train``."""
+    files = metrics_files(run.path)
+    steps = logged_steps(files)
+    run.train = {"steps": steps} if steps is not None else {}
+    run.metric = logged_metric(files)
+    if run.metric is None:
+        return run
+    run.curve = read_curve(files, run.metric)
+    run.clock = read_clock(files)
+    values = [value for _, value in run.curve]
+    if values:
+        run.val_best = min(values) if run.metric == "mse" else max(values)
+    if run.clock:
+        cpu, wall = run.clock[max(run.clock)]
+        run.train |= {"cpu_seconds": cpu} | ({"wall_seconds": wall} if wall is not None else {})
+    return run
+
+
+def logged_metric(files: list[Path]) -> str | None:
+    """The validation metric a run logs (``val/acc`` -> ``acc``; val/loss is not it)."""
+    for path in reversed(files):
+        try:
+            with path.open(newline="") as handle:
+                header = next(csv.reader(handle), [])
+        except (OSError, csv.Error, UnicodeDecodeError) as error:
+            raise MalformedRun(f"{path}: its header cannot be read as CSV ({error})") from None
+        names = [c[4:] for c in header if c.startswith("val/") and c != "val/loss"]
+        names = [n for n in names if not n.endswith("_best")]
+        if names:
+            return "acc" if "acc" in names else names[0]
+    return None
+
+
+def logged_steps(files: list[Path]) -> int | None:
+    """The outer steps done by the last row any of the files logged (validation_step)."""
+    steps = [validation_step(_csv_number(path, row, "step")) for path in files
+             for row in _csv_rows(path) if row.get("step") not in (None, "")]  # fmt: skip
+    return max(steps) if steps else None
 
 
 def _domains(tests: dict[str, Any], metric: str) -> dict[str, tuple[float | None, float | None]]:

@@ -24,6 +24,7 @@ from matplotlib.patheffects import withStroke  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from metalab.compare.groups import t95  # noqa: E402
+from metalab.compare.load import Run  # noqa: E402
 from metalab.compare.published import Published, others, scale  # noqa: E402
 from metalab.compare.rows import Row, off_the_tables  # noqa: E402
 from metalab.compare.timing import (  # noqa: E402
@@ -371,3 +372,51 @@ def draw_time_curves(
         ax.axhline(threshold.value * factor, color="gray", ls="--", lw=0.8)
         ax.annotate(threshold.label, (0, threshold.value * factor), xycoords=("axes fraction",
                     "data"), fontsize=7, color="gray", va="bottom")  # fmt: skip
+
+
+def figure_progress_curves(
+    runs: list[tuple[str, Run]], thresholds: list[Threshold]
+) -> Figure | None:
+    """The validation curves so far of the runs in progress, (label, run) pairs: over outer
+    steps (left) and over training CPU time (right, where logged), the thresholds dashed.
+    None when none has validated yet."""
+    runs = [(label, run) for label, run in runs if run.curve and run.metric]
+    if not runs:
+        return None
+    metrics = sorted({run.metric for _, run in runs})
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(13, 4.5 * len(metrics)), squeeze=False)
+    for (by_step, by_time), metric in zip(axes, metrics, strict=True):
+        factor = scale(metric)
+        shown = [(label, run) for label, run in runs if run.metric == metric]
+        seconds = [x for _, run in shown for x, _ in time_points(run)] or [1.0]
+        unit = 3600.0 if max(seconds) > 7200 else 1.0
+        for index, (label, run) in enumerate(shown):
+            colour = f"C{index % 10}"
+            steps, values = zip(*run.curve, strict=True)
+            text = f"{label} (seed {run.config.get('seed')}, {run.status})"
+            by_step.plot(steps, np.array(values) * factor, marker="o", ms=3, color=colour,
+                         label=text)  # fmt: skip
+            points = time_points(run)
+            if points:
+                xs, ys = zip(*points, strict=True)
+                by_time.plot(np.array(xs) / unit, np.array(ys) * factor, marker="o", ms=3,
+                             color=colour, label=text)  # fmt: skip
+        for ax in (by_step, by_time):
+            for threshold in (t for t in thresholds if t.metric == metric):
+                ax.axhline(threshold.value * factor, color="gray", ls="--", lw=0.8)
+            ax.set_ylabel(f"validation {unit_label(metric)}")
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7)
+        by_step.set_xlabel("outer steps (meta-training steps done when validated)")
+        by_step.set_title(f"val/{metric} so far, runs in progress")
+        by_time.set_xlabel(f"training CPU {'hours' if unit > 1 else 'seconds'} (all threads)")
+        by_time.set_title(f"val/{metric} vs training CPU time so far")
+    fig.tight_layout()
+    return fig
+
+
+def plot_progress_curves(
+    runs: list[tuple[str, Run]], thresholds: list[Threshold], path: Path
+) -> bool:
+    return save(figure_progress_curves(runs, thresholds), path)

@@ -161,8 +161,11 @@ def write_markdown(
 ) -> None:  # fmt: skip
     """The title, the header, the table, and every run (``## Runs``)."""
     lines = [f"# {title}", "", *header_lines(header), ""] if header else []
-    lines += markdown_table(*display_rows(rows))
-    lines += ["", "## Runs", "", *markdown_table(*run_lines(rows, base or path.parent))]
+    if rows:
+        lines += markdown_table(*display_rows(rows))
+        lines += ["", "## Runs", "", *markdown_table(*run_lines(rows, base or path.parent))]
+    else:
+        lines.append(NONE_COMPLETED)
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -180,6 +183,9 @@ def write_records(records: list[dict], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(records)
+
+
+NONE_COMPLETED = "No run has completed yet: the runs in progress are listed below."
 
 
 def finished_text(run: Run) -> str:
@@ -209,7 +215,7 @@ def listed_runs(rows: list[Row]) -> list[tuple[Row, Run, str]]:
 def entries(group: Group) -> list[tuple[Run, str]]:
     return ([(run, run.status) for run in group.runs]
             + [(run, "repeated (not counted)") for run in group.repeats]
-            + [(run, run.status) for run in group.failed])  # fmt: skip
+            + [(run, run.status) for run in group.failed + group.in_progress])  # fmt: skip
 
 
 def run_cells(row: Row, run: Run, status: str, base: Path) -> list[str]:
@@ -243,20 +249,24 @@ def run_lines(rows: list[Row], base: Path) -> tuple[list[str], list[list[str]]]:
     return header, [run_cells(row, run, status, base) for row, run, status in listed_runs(rows)]
 
 
-def write_runs_csv(rows: list[Row], failed_elsewhere: list, path: Path) -> None:
+def write_runs_csv(rows: list[Row], without_row: list[Group], path: Path) -> None:
     """Every run, one line each: what the aggregated table was computed from, with the
-    evaluations of its checkpoints after it (kind eval); paths relative to the report."""
+    evaluations of its checkpoints after it (kind eval); then the runs of ``without_row``,
+    groups none of whose runs has completed (failed, or still in progress). Paths relative
+    to the report."""
     columns = ["group", "kind", "status", "seed", "train_steps", "train_cpu_seconds",
                "train_wall_seconds", "test_mean", "test_ci95", "val_best", "evaluation",
                "checkpoint", "commit", "finished", "error", "path"]  # fmt: skip
     base = path.parent
+    listed = [(row.group, run, status) for row, run, status in listed_runs(rows)]
+    listed += [(group, run, status) for group in without_row for run, status in entries(group)]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
-        for row, run, status in listed_runs(rows):
+        for group, run, status in listed:
             writer.writerow(
                 [
-                    row.group.label,
+                    group.label,
                     "eval" if run.is_eval else "train",
                     status,
                     run.config.get("seed"),
@@ -266,7 +276,7 @@ def write_runs_csv(rows: list[Row], failed_elsewhere: list, path: Path) -> None:
                     run.test_mean,
                     run.test_ci95,
                     run.val_best,
-                    row.group.evaluation or "",
+                    group.evaluation or "",
                     relative(run.checkpoint, base) if run.checkpoint else "",
                     run.commit or "",
                     finished_text(run),
@@ -274,8 +284,3 @@ def write_runs_csv(rows: list[Row], failed_elsewhere: list, path: Path) -> None:
                     relative(run.path, base),
                 ]
             )
-        for run in failed_elsewhere:
-            writer.writerow(
-                ["", "", run.status, run.config.get("seed"), "", "", "", "", "", "", "", "",
-                 run.commit or "", finished_text(run), run.error or "", relative(run.path, base)]
-            )  # fmt: skip
