@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from metalab.errors import CheckpointError, ConfigError
@@ -248,16 +248,54 @@ class InterruptCheckpoint(Callback):
             log.warning("%s: saved %s at step %d", self.signal, self.ckpt_path, self.step)
 
 
+def validation_follows(trainer) -> bool:
+    """Whether Lightning validates right after the current training batch (every
+    ``trainer.val_check_interval`` batches of the one endless epoch metalab trains in).
+
+    A checkpoint due at such a step is written after that validation: Lightning, resuming
+    from a checkpoint written at ``on_train_batch_end`` of a batch a validation follows,
+    skips that validation (its training loop "fast forwards" the validation's progress), so
+    a run killed between the checkpoint and the validation's end would lose that point of
+    its curve (and of its best.ckpt) for good."""
+    every = getattr(trainer, "val_check_batch", None)
+    if not trainer.enable_validation or not isinstance(every, int) or every < 1:
+        return False
+    return (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % every == 0
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` outer steps
+    (``trainer.checkpoint_every_n_steps``); one due at a step that a validation follows is
+    written after it (validation_follows), through ModelCheckpoint's own deferral to
+    ``on_validation_end``. Its state keeps ModelCheckpoint's key, so checkpoints written
+    before this class (or after) resume alike."""
+
+    @property
+    def state_key(self) -> str:
+        key = super().state_key
+        return ModelCheckpoint.__qualname__ + key[len(type(self).__qualname__) :]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = self._every_n_train_steps
+        if every >= 1 and trainer.global_step % every == 0 and validation_follows(trainer):
+            self._defer_save_until_validation = True
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
 class ClockCheckpoint(Callback):
     """``last.ckpt`` every ``minutes`` of wall clock (``trainer.checkpoint_every_minutes``), so
-    that a kill loses at most that much time however long a step takes. Not ModelCheckpoint's
-    ``train_time_interval``: Lightning 2.6 reads only ``every_n_train_steps`` under manual
-    optimisation. Rank 0's clock decides for every rank (the save is collective)."""
+    that a kill loses at most that much time however long a step takes; one due at a step
+    that a validation follows is written after it (validation_follows). Not
+    ModelCheckpoint's ``train_time_interval``: Lightning 2.6 reads only
+    ``every_n_train_steps`` under manual optimisation. Rank 0's clock decides for every rank
+    (the save is collective)."""
 
     def __init__(self, dirpath: str | Path, minutes: float) -> None:
         self.ckpt_path = str(Path(dirpath) / "last.ckpt")
         self.seconds = 60.0 * minutes
         self.since: float | None = None
+        self.after_validation = False  # a save due now, waiting for the validation's end
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.since = time.monotonic()
@@ -265,8 +303,19 @@ class ClockCheckpoint(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         due = self.since is not None and time.monotonic() - self.since >= self.seconds
         if trainer.strategy.broadcast(due):
-            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
-            self.since = time.monotonic()
+            if validation_follows(trainer):
+                self.after_validation = True
+            else:
+                self.save(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.after_validation and not trainer.sanity_checking:
+            self.after_validation = False
+            self.save(trainer)
+
+    def save(self, trainer) -> None:
+        trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+        self.since = time.monotonic()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -15,7 +15,12 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressB
 from pytorch_lightning.strategies import DDPStrategy
 
 from metalab.budget import CpuTimeBudget, TrainingClock
-from metalab.checkpoints import AtomicCheckpointIO, ClockCheckpoint, InterruptCheckpoint
+from metalab.checkpoints import (
+    AtomicCheckpointIO,
+    ClockCheckpoint,
+    InterruptCheckpoint,
+    StepCheckpoint,
+)
 from metalab.errors import ConfigError
 from metalab.numerics import InnerGradientMonitor
 
@@ -110,7 +115,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, monitor: str, mo
         auto_insert_metric_name=False,
     )
     every = t.get("checkpoint_every_n_steps")
-    latest = ModelCheckpoint(  # last.ckpt, what resume=auto continues from
+    latest = StepCheckpoint(  # last.ckpt, what resume=auto continues from
         dirpath=run_dir / "checkpoints",
         filename="last",
         every_n_train_steps=int(every) if every else None,  # else at every validation

@@ -14,10 +14,11 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from metalab.checkpoints import load_checkpoint
+from metalab.checkpoints import ClockCheckpoint, load_checkpoint
 from metalab.run_lock import LOCK_NAME
 from tests.helpers.cli import read_results, run_cli
 from tests.helpers.forked import ForkedProcess, popen_cli
@@ -135,6 +136,36 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_matches_the_uninterrupted_
     assert snapshot(run_dir / "attempt-1") == before
 
 
+def validations(run_dir: Path) -> dict[int, str]:
+    """Every validation a run logged, over its attempts: {step logged: val/mse}."""
+    logged: dict[int, str] = {}
+    for path in [*sorted(run_dir.glob("attempt-*/metrics.csv")), metrics_csv(run_dir)]:
+        if path.is_file():  # a run killed before the logger first wrote has none
+            logged |= {step: row["val/mse"] for step, row in rows(path).items() if "val/mse" in row}
+    return logged
+
+
+def test_a_run_killed_after_a_checkpoint_keeps_every_validation_up_to_it(uninterrupted, tmp_path):
+    """A last.ckpt due at a step that a validation follows (here every 50 steps, each a
+    validation step) is written after that validation: a run killed just after its
+    checkpoint has every validation up to it in metrics.csv, and resumed it logs the others,
+    so its curve is the uninterrupted run's. (Lightning skips, on resume, a validation that
+    followed the checkpoint's step: one written before it lost that validation for good.)"""
+    every = "trainer.checkpoint_every_n_steps=50"
+    run_dir = tmp_path / "run"
+    process = start(run_dir, tmp_path, every)
+    wait_for_checkpoint(process, run_dir, after_step=60)  # the checkpoint at step 100
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    killed_at = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"]
+    assert killed_at in (100, 150)
+    assert all(step in validations(run_dir) for step in range(49, killed_at, 50))
+    out = run_cli("metalab-train", *RUN, every, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert validations(run_dir) == validations(uninterrupted)
+    assert sorted(validations(run_dir)) == [49, 99, 149, 199]
+
+
 def test_checkpoints_by_the_clock_alone_resume_to_the_uninterrupted_run(uninterrupted, tmp_path):
     """trainer.checkpoint_every_minutes writes last.ckpt by wall clock (Lightning's
     train_time_interval), however long a step takes: killed after its first one, long before
@@ -152,6 +183,36 @@ def test_checkpoints_by_the_clock_alone_resume_to_the_uninterrupted_run(uninterr
     resumed = read_results(run_dir)
     assert resumed["resumed_from"] == str(run_dir / "attempt-1" / "checkpoints" / "last.ckpt")
     assert comparable(resumed) == comparable(read_results(uninterrupted))
+
+
+def test_a_clock_checkpoint_due_at_a_validation_step_is_written_after_the_validation(tmp_path):
+    """ClockCheckpoint, due at every batch (0 minutes), driven through the hooks Lightning
+    calls, on a trainer that validates after every 3rd batch: the save of a batch that a
+    validation follows waits for that validation's end (a checkpoint before it would make a
+    resumed run skip it: the test above, by steps)."""
+    events: list[str] = []
+    epoch_loop = SimpleNamespace(total_batch_idx=0)
+    trainer = SimpleNamespace(
+        enable_validation=True, val_check_batch=3, sanity_checking=False,
+        strategy=SimpleNamespace(broadcast=lambda due: due),
+        fit_loop=SimpleNamespace(epoch_loop=epoch_loop),
+        save_checkpoint=lambda path, weights_only: events.append(f"save {Path(path).name}"),
+    )  # fmt: skip
+    clock = ClockCheckpoint(tmp_path, minutes=0.0)
+    clock.on_train_start(trainer, None)
+    for batch in range(6):
+        epoch_loop.total_batch_idx = batch
+        events.append(f"batch {batch}")
+        clock.on_train_batch_end(trainer, None, None, None, batch)
+        if (batch + 1) % 3 == 0:
+            events.append("validation")
+            clock.on_validation_end(trainer, None)
+    assert events == [
+        "batch 0", "save last.ckpt", "batch 1", "save last.ckpt",
+        "batch 2", "validation", "save last.ckpt",
+        "batch 3", "save last.ckpt", "batch 4", "save last.ckpt",
+        "batch 5", "validation", "save last.ckpt",
+    ]  # fmt: skip
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_again_with_the_same_command(tmp_path):
@@ -194,10 +255,16 @@ def start(run_dir: Path, cwd: Path, *more: str) -> ForkedProcess | subprocess.Po
     )
 
 
-def wait_for_checkpoint(process: ForkedProcess | subprocess.Popen, run_dir: Path) -> None:
+def wait_for_checkpoint(
+    process: ForkedProcess | subprocess.Popen, run_dir: Path, after_step: int = 0
+) -> None:
+    """Until last.ckpt exists (and holds a step past ``after_step``); it is written whole or
+    not at all (AtomicCheckpointIO), so it can be read while the run goes on."""
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 600
-    while not last.is_file() and time.time() < deadline:
+    while time.time() < deadline and not (
+        last.is_file() and (not after_step or load_checkpoint(last)["global_step"] > after_step)
+    ):
         assert process.poll() is None, process.communicate()[1][-3000:]
         time.sleep(0.05)
 
