@@ -103,6 +103,20 @@ def test_a_run_in_progress_has_its_curve_steps_and_time_so_far(tmp_path):
     assert run.train == {"steps": 440, "cpu_seconds": 160.0, "wall_seconds": 210.0}
 
 
+def test_a_row_being_written_is_left_for_the_next_reading(tmp_path):
+    """The run writes metrics.csv while it is read: a last line without its newline is a row
+    half written (here cut inside a number), not a malformed file."""
+    run_dir = unfinished_run(tmp_path, "run")
+    with (run_dir / "metrics.csv").open("a") as handle:
+        handle.write("0,499,2")  # a validation row cut off after its CPU seconds' first digit
+    run = load_run(run_dir)
+    assert run.curve[-1] == (400, 0.955) and run.train["cpu_seconds"] == 160.0
+    with (run_dir / "metrics.csv").open("a") as handle:
+        handle.write("00.0,260.0,,0.96,0.2\n")  # the row complete
+    run = load_run(run_dir)
+    assert run.curve[-1] == (500, 0.96) and run.train["cpu_seconds"] == 200.0
+
+
 def test_runs_in_progress_are_listed_apart_and_kept_out_of_the_means(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     for name, acc in (("0", 0.96), ("1", 0.98)):  # completed, with the same step budget

@@ -8,6 +8,7 @@ skips that run with a warning instead of stopping on a traceback.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Iterator
@@ -131,18 +132,25 @@ def metrics_files(run_dir: Path) -> list[Path]:
 
 
 def _csv_rows(path: Path) -> Iterator[dict[str, str]]:
-    """The rows of a CSV file; a file that is not CSV raises MalformedRun naming it."""
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        try:
-            if "step" not in (reader.fieldnames or []):  # Lightning's CSVLogger writes it
-                raise MalformedRun(
-                    f"{path}: its header has no step column, so it is not the metrics.csv "
-                    "metalab writes"
-                )
-            yield from reader
-        except (csv.Error, UnicodeDecodeError) as error:
-            raise MalformedRun(f"{path}: line {reader.line_num} is not CSV ({error})") from None
+    """The rows of a CSV file; a file that is not CSV raises MalformedRun naming it. A last
+    line without its newline is a row the run is writing at this moment (metalab-compare
+    reads runs in progress too): it is left for the next reading."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise MalformedRun(f"{path}: not CSV text ({error})") from None
+    if text and not text.endswith(("\n", "\r")):
+        text = text[: max(text.rfind("\n"), text.rfind("\r")) + 1]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        if "step" not in (reader.fieldnames or []):  # Lightning's CSVLogger writes it
+            raise MalformedRun(
+                f"{path}: its header has no step column, so it is not the metrics.csv "
+                "metalab writes"
+            )
+        yield from reader
+    except csv.Error as error:
+        raise MalformedRun(f"{path}: line {reader.line_num} is not CSV ({error})") from None
 
 
 def _csv_number(path: Path, row: dict[str, str], column: str) -> float:
