@@ -229,6 +229,7 @@ class InterruptCheckpoint(Callback):
 
     def __init__(self, dirpath: str | Path) -> None:
         self.ckpt_path = str(Path(dirpath) / f"{INTERRUPTED_NAME}.ckpt")
+        self.saving = False  # inside this callback's own save (on_save_checkpoint)
         self.signal: str | None = None
         self.step: int | None = None
         # the signal that asked Lightning to stop, when it was not SIGTERM itself (Ctrl+C is
@@ -244,8 +245,22 @@ class InterruptCheckpoint(Callback):
             return
         if trainer.state.fn == "fit":
             self.step = trainer.global_step
-            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+            self.saving = True
+            try:
+                trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+            finally:
+                self.saving = False
             log.warning("%s: saved %s at step %d", self.signal, self.ckpt_path, self.step)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        """A stop right after a validation (the signal came during it or just after) leaves
+        Lightning's count of stepped batches one ahead of what its resume expects: resuming
+        such a checkpoint, Lightning skips that validation again and counts the batch a
+        second time, so every step the resumed run logged was one too high. The count saved
+        is the one a checkpoint written at that validation's end has (last.ckpt's)."""
+        if self.saving and stopped_after_validation(trainer):
+            state = checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]
+            state["_batches_that_stepped"] -= 1
 
 
 def validation_follows(trainer) -> bool:
@@ -261,6 +276,15 @@ def validation_follows(trainer) -> bool:
     if not trainer.enable_validation or not isinstance(every, int) or every < 1:
         return False
     return (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % every == 0
+
+
+def stopped_after_validation(trainer) -> bool:
+    """Whether training stopped at the end of a batch whose validation ran: every batch
+    fetched is done (Lightning resumes such a state as saved at a validation's end) and a
+    validation followed the last one, not interrupted mid-way."""
+    done = trainer.fit_loop.epoch_loop.batch_progress.total
+    whole = done.ready == done.started == done.processed == done.completed
+    return whole and not trainer.validating and validation_follows(trainer)
 
 
 class StepCheckpoint(ModelCheckpoint):

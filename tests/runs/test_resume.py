@@ -9,6 +9,7 @@ and compared with a process that shares nothing with them (not even Python's has
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import signal
 import subprocess
@@ -18,10 +19,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from metalab.checkpoints import ClockCheckpoint, load_checkpoint
+from metalab.checkpoints import ClockCheckpoint, StepCheckpoint, load_checkpoint
 from metalab.run_lock import LOCK_NAME
 from tests.helpers.cli import read_results, run_cli
-from tests.helpers.forked import ForkedProcess, popen_cli
+from tests.helpers.forked import ForkedProcess, forkable, popen_cli
 
 # Sinusoid MAML with a checkpoint every 50 steps, each a validation step (a checkpoint there
 # is written after the validation): long enough (~10 s) to be killed part-way, with Adam, a
@@ -269,6 +270,37 @@ def test_ctrl_c_stops_at_a_step_boundary_and_resume_equals_the_uninterrupted_run
     full, tail = rows(metrics_csv(uninterrupted)), rows(metrics_csv(run_dir))
     assert max(tail) == max(full) == STEPS - 1
     assert {step: tail[step] for step in tail} == {step: full[step] for step in tail}
+
+
+def test_a_ctrl_c_right_after_a_validation_resumes_to_the_uninterrupted_curve(
+    uninterrupted, tmp_path, monkeypatch
+):
+    """Ctrl+C pressed just after the validation of step 50 (sent by the run itself once its
+    last.ckpt there is written, so the moment is exact): the interrupt checkpoint is made at
+    that step boundary, where Lightning's resume would count the batch a second time and log
+    every later step one too high. The resumed run logs at the uninterrupted run's steps."""
+    if not forkable("metalab-train"):
+        pytest.skip("the Ctrl+C is sent from inside the run: needs the forked metalab-train")
+    save_after_validation = StepCheckpoint.on_validation_end
+
+    def press_ctrl_c_at_step_50(self, trainer, pl_module):
+        save_after_validation(self, trainer, pl_module)
+        if trainer.global_step == 50 and not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(StepCheckpoint, "on_validation_end", press_ctrl_c_at_step_50)
+    run_dir = tmp_path / "run"
+    process = start(run_dir, tmp_path)  # forked: it runs the patched hook
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 130, stderr[-3000:]
+    assert read_results(run_dir)["step"] == 50
+    monkeypatch.undo()
+    train(run_dir, tmp_path)  # the same command: resume=auto
+    assert comparable(read_results(run_dir)) == comparable(read_results(uninterrupted))
+    full, tail = rows(metrics_csv(uninterrupted)), rows(metrics_csv(run_dir))
+    assert min(tail) == 50 and max(tail) == max(full) == STEPS - 1
+    assert {step: tail[step] for step in tail} == {step: full[step] for step in tail}
+    assert validations(run_dir) == validations(uninterrupted)
 
 
 def test_a_second_ctrl_c_aborts_at_once_with_130_and_keeps_last_ckpt(tmp_path, monkeypatch):
