@@ -588,7 +588,10 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     if not root.is_dir():
         pytest.skip(f"{root} does not exist: METALAB_DATA must hold omniglot/")
     cache = tmp_path_factory.mktemp("omniglot-cache")
-    return root, cache, load_omniglot(root, cache_dir=cache)
+    # set up before the autouse fixture's METALAB_CACHE: keep the developer's cache out here too
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("METALAB_CACHE", str(tmp_path_factory.mktemp("real-env-cache")))
+        return root, cache, load_omniglot(root, cache_dir=cache)
 
 
 @pytest.mark.data

@@ -13,16 +13,22 @@ Why it looks like this:
   ``$METALAB_CACHE``, else ``~/.cache/metalab``; when that folder cannot be written, the next
   writable one of those (and finally the system temp folder) is used, with a warning.
 - Files are loaded with ``torch.load(weights_only=True)``: a cache file cannot run code.
+- One process builds a missing cache while the others that need it wait (an ``flock`` on a
+  lock file beside it): the parallel jobs of a sweep, DDP's ranks or test workers on a fresh
+  machine would otherwise each decode the same data at once, for the same file. The lock is
+  the kernel's, so a builder that dies releases it and the next waiter builds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,14 +114,53 @@ class TensorCache:
         self.what, self.check = what, check
 
     def load_or_build(self, build: Callable[[], Blob]) -> Blob:
-        """The cached blob if one is intact, else ``build()``, saved for next time."""
+        """The cached blob if one is intact, else ``build()``, saved for next time; while
+        another process builds it, wait and read its file rather than build it again."""
+        hit = self._find()
+        if hit is not None:
+            return hit
+        with self._build_lock():
+            hit = self._find()  # built by the process this one waited for
+            if hit is not None:
+                return hit
+            blob = build()
+            self._write(blob)
+        return blob
+
+    def _find(self) -> Blob | None:
         for folder in self.folders:
             hit = self._read(folder / self.name)
             if hit is not None:
                 return hit
-        blob = build()
-        self._write(blob)
-        return blob
+        return None
+
+    @contextlib.contextmanager
+    def _build_lock(self) -> Iterator[None]:
+        """An exclusive lock on ``.<name>.lock`` in the first folder that takes one; none
+        where no folder can (the build then only risks being done twice)."""
+        for folder in self.folders:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                handle = open(folder / f".{self.name}.lock", "a")  # noqa: SIM115
+            except OSError:
+                continue
+            with handle:
+                try:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        log.info(
+                            "Another process is building the %s cache %s; waiting for it "
+                            "instead of decoding the data a second time.",
+                            self.what,
+                            folder / self.name,
+                        )
+                        fcntl.flock(handle, fcntl.LOCK_EX)
+                except OSError:  # a file system without locks (some network mounts)
+                    pass
+                yield
+            return
+        yield
 
     def _read(self, path: Path) -> Blob | None:
         if not path.is_file():
