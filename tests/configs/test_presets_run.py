@@ -1,9 +1,10 @@
 """Every experiment preset composes, passes the preflight checks and trains a few steps.
 
 Each preset runs in this process with its own settings and only its size cut down (two outer
-steps, two tasks a batch, a few evaluation tasks), so that a preset whose keys no longer fit
-the code fails here rather than after a user's first hour. Omniglot presets need the real
-data (``METALAB_DATA``); presets for data sets metalab cannot fetch here are composed only.
+steps, two tasks a batch, at most 5 ways and 5 queries, a few evaluation tasks), so that a
+preset whose keys no longer fit the code fails here rather than after a user's first hour.
+Omniglot presets need the real data (``METALAB_DATA``); presets for data sets metalab cannot
+fetch here are composed only.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from omegaconf import DictConfig, open_dict
 from metalab.paths import config_dir
 
 CONF = Path(config_dir())
-# Two outer steps, two tasks a batch, a few evaluation tasks; everything else the preset's.
+# Two outer steps, two tasks a batch, a few evaluation tasks; everything else the preset's
+# (but MOST below).
 SMALL = [
     "trainer.max_steps=2",
     "trainer.val_check_interval=2",
@@ -38,12 +39,23 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+# Ways and queries are sizes too: the code takes 5 as it takes 20 or 60 (each preset's own
+# numbers are composed and checked by test_presets_run's preflight test), and at 20 ways a
+# MAML++ or Koch (105 px) step cost 15-20 s of a CI core.
+MOST = {"ways": 5, "test_ways": 5, "queries": 5, "test_queries": 5}
+
+
 def small(experiment: str):
     cfg = compose_train(f"experiment={experiment}", *SMALL)
     with open_dict(cfg):
         cfg.algorithm.meta_batch = min(2, int(cfg.algorithm.meta_batch))
+        for key, most in MOST.items():
+            if isinstance(cfg.dataset.get(key), int) and cfg.dataset[key] > most:
+                cfg.dataset[key] = most
         if "eval_inner_steps" in cfg.algorithm and cfg.algorithm.name == "reptile":
             cfg.algorithm.eval_inner_steps = 2  # Reptile's 50 test steps, cut for time
+        if cfg.algorithm.name == "metalstm":  # 12 LSTM updates over every weight: ~1.5 s each
+            cfg.algorithm.inner_steps = cfg.algorithm.eval_inner_steps = 3
     return cfg
 
 
