@@ -126,6 +126,7 @@ TRAIN: dict[str, Spec] = {
     "model.blocks": _int(1, 64),
     "model.channels": _int(1),
     "model.global_pool": BOOL,
+    "model.head_init_std": _positive(1e3, nullable=True, hint="null keeps model.init's head"),
     "dataset.download": BOOL,
     "dataset.augment": Spec(
         "choice",

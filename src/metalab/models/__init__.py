@@ -55,6 +55,8 @@ def _build_with_head(cfg: Any, in_shape: tuple[int, ...], out_features: int) -> 
             norm=str(cfg.norm),
             downsample=str(cfg.get("downsample", "maxpool")),
             global_pool=bool(cfg.get("global_pool", False)),
+            init=str(cfg.get("init", "torch")),
+            head_init_std=cfg.get("head_init_std"),
         )
     if cfg.name == "resnet12":
         _require_images(cfg.name, in_shape)

@@ -6,6 +6,11 @@ max-pooling (ProtoNets, Matching Networks, MAML on mini-ImageNet) or a stride-2 
 head maps the features to the classes of a task: all of them flattened, or, with
 ``global_pool``, their mean over positions (what MAML's Omniglot code does, ``reduce_mean``).
 The blocks compute exactly that function, in an order that costs less (``ConvBlock``).
+
+Initialisation: PyTorch's layer defaults (``init="torch"``), or MAML's code's (``"glorot"``:
+Glorot-uniform weights, zero biases, ``xavier_initializer`` in cbfinn/maml's
+``construct_conv_weights``); ``head_init_std`` draws the head from N(0, std^2) instead, as
+that code's Omniglot head (``tf.random_normal``, std 1).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from metalab.models.pooling import GlobalAvgPool
 
 NORMS = ("batch", "none")
 DOWNSAMPLES = ("maxpool", "stride")
+INITS = ("torch", "glorot")
 
 
 class ConvBlock(nn.Sequential):
@@ -83,8 +89,14 @@ class Conv4(nn.Module):
         norm: str = "batch",
         downsample: str = "maxpool",
         global_pool: bool = False,
+        init: str = "torch",
+        head_init_std: float | None = None,
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ConfigError(
+                f"model.init={init!r} is not known: choose one of {', '.join(INITS)}."
+            )
         if norm not in NORMS:
             raise ConfigError(
                 f"model.norm={norm!r} is not known: choose one of {', '.join(NORMS)}."
@@ -110,6 +122,21 @@ class Conv4(nn.Module):
         )
         self.pool = GlobalAvgPool() if self.global_pool else nn.Flatten()
         self.head = nn.Linear(channels * (1 if self.global_pool else side * side), out_features)
+        initialise(self, init, head_init_std)
 
     def forward(self, x):
         return self.head(self.pool(self.features(x)))
+
+
+def initialise(model: nn.Module, init: str, head_init_std: float | None) -> None:
+    """Re-draw the weights of ``model``'s convolutions and linear layers as ``init`` says
+    ("torch" keeps the layers' own draws), then its ``head`` from N(0, head_init_std^2)."""
+    if init == "glorot":
+        for layer in model.modules():
+            if isinstance(layer, nn.Conv2d | nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+    if head_init_std is not None:
+        nn.init.normal_(model.head.weight, 0.0, float(head_init_std))
+        nn.init.zeros_(model.head.bias)
