@@ -17,14 +17,18 @@ from typing import Any, TextIO
 
 # Warnings that do not apply to a metalab run: episodes are sampled in-process from memory,
 # the run directory always holds Hydra's files before the CSV logger starts, the module's
-# transfer_batch_to_device is the one meant to be used, and Lightning's own use of a torch
-# API deprecated under it is not the user's to fix.
+# transfer_batch_to_device is the one meant to be used, Lightning's own use of a torch
+# API deprecated under it is not the user's to fix, and a step checkpoint
+# (trainer.checkpoint_every_n_steps) holds the weights after the step on purpose: its step
+# count includes that step, so a resumed run goes on from there (Lightning's warning and its
+# 15-line example are about another convention).
 IGNORED_WARNINGS = (
     ".*does not have many workers.*",
     ".*IterableDataset.*__len__.*",
     ".*exists and is not empty.*",
     ".*overridden `transfer_batch_to_device`.*",
     ".*isinstance\\(treespec, LeafSpec\\).*",
+    ".*manual optimization and every_n_train_steps, but no pre-optimization state.*",
 )
 # Loggers whose info lines (GPU/TPU banner, tips, "Restoring states ...") stay off the console.
 CHATTY_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning")

@@ -199,6 +199,14 @@ def _main_module(command: str) -> types.ModuleType:
     return main
 
 
+def _pristine_warnings():
+    """A fresh copy of the warnings module, for the functions the test process has swapped."""
+    spec = importlib.util.find_spec("warnings")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _child(command: str, args: list[str], cwd: Path, env: dict[str, str], pipes) -> int:
     """Become the console script's process, run its entry point, return its exit status."""
     # stdin, stdout and stderr as a console script started by subprocess has them
@@ -224,6 +232,9 @@ def _child(command: str, args: list[str], cwd: Path, env: dict[str, str], pipes)
     for action, category, module in FRESH_FILTERS:
         warnings.filterwarnings(action, category=category, module=module or "")
     warnings.showwarning = warnings._showwarning_orig  # type: ignore[attr-defined]
+    # pytest's catch_warnings(record=True) also swaps the function behind showwarning for
+    # its recorder: without the original, the child's warnings never reached its stderr
+    warnings._showwarnmsg_impl = _pristine_warnings()._showwarnmsg_impl  # type: ignore[attr-defined]
     root = logging.getLogger()
     for handler in root.handlers[:]:
         root.removeHandler(handler)
