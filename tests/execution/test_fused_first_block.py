@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import platform
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -225,6 +227,31 @@ def test_without_a_compiler_the_composite_path_runs(monkeypatch, tmp_path, caplo
         assert out.shape == (2, 32, 4, 4) and not ran_fused(out)
         assert native.record()["first_block"] == "composite"
         assert "the native kernel did not build" in native.record()["reason"]
+    finally:
+        fused_first_block._library.cache_clear()
+
+
+@needs_kernel
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="-mno-avx is an x86 flag")
+@pytest.mark.parametrize(("in_channels", "channels", "side"), [SHAPES[0], SHAPES[3]])
+def test_the_kernel_in_narrower_vectors_is_exact_too(
+    monkeypatch, tmp_path, in_channels, channels, side
+):
+    """The kernel's vectors are one register of the machine's widest (64, 32 or 16 bytes);
+    built without AVX (16-byte vectors: 4 floats, 2 doubles a vector) it computes the same."""
+    compiler = tmp_path / "cc-without-avx"
+    compiler.write_text(f'#!/bin/sh\nexec {shutil.which("cc") or "gcc"} "$@" -mno-avx\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    monkeypatch.setattr(fused_first_block, "fallback_folders", lambda _: [tmp_path])
+    fused_first_block._library.cache_clear()
+    try:
+        assert fused_first_block.library() is not None
+        assert list((tmp_path / "kernels").glob("fused_first_block-*.so"))
+        layer = block(in_channels, channels)
+        x = torch.rand(6, in_channels, side, side, dtype=torch.float64)
+        grad_out = torch.randn(6, channels, side // 2, side // 2, dtype=torch.float64)
+        assert_fused_matches_composite(layer, x, grad_out, 1e-12, 1e-10, 1e-12)
     finally:
         fused_first_block._library.cache_clear()
 

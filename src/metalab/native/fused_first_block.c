@@ -6,13 +6,26 @@
  * Loaded by metalab.native.fused_first_block through ctypes; compiled there with the
  * machine's C compiler. Layouts: x [N, Cin, H, W] (NCHW), map [P + 1, C] with P = Cin * 9
  * (the last row is the shift), pooled and argmax [N, H / 2, W / 2, C] (channels last).
- * C is a multiple of LANES: the channel loops have a fixed length the compiler vectorises.
+ * C is a multiple of 16: the channel loops go in vectors of LANES_T channels.
  */
 #include <stdint.h>
 #include <string.h>
 
 #define MAX_PATCH 27
-#define LANES 16
+
+/* Channels per vector: one register of the machine's widest vectors. The Python side takes
+ * channels in multiples of 16, which every width here divides. A vector wider than the
+ * machine's is lowered in pieces, and GCC 12 lowers the comparisons of a 512-bit vector on
+ * an AVX2 machine lane by lane: the forward ran ~10x slower (benchmarks/NOTES.md). */
+#if defined(__AVX512F__)
+#define VECTOR_BYTES 64
+#elif defined(__AVX2__)
+#define VECTOR_BYTES 32
+#else
+#define VECTOR_BYTES 16
+#endif
+#define LANES_float (VECTOR_BYTES / 4)
+#define LANES_double (VECTOR_BYTES / 8)
 
 /* The zero-padded image (one row and column of zeros around each channel). */
 #define PAD(T)                                                                              \
@@ -83,12 +96,13 @@
             for (int64_t r = 0; r < q; ++r) outer[q * P + r] = outer[r * P + q];            \
     }
 
-/* Vectors of LANES channels (GCC/Clang vector extensions; lowered to what the CPU has). */
-typedef float vfloat __attribute__((vector_size(LANES * sizeof(float))));
-typedef int32_t vint_float __attribute__((vector_size(LANES * sizeof(float))));
-typedef double vdouble __attribute__((vector_size(LANES * sizeof(double))));
-typedef int64_t vint_double __attribute__((vector_size(LANES * sizeof(double))));
-typedef uint8_t vbyte __attribute__((vector_size(LANES)));
+/* Vectors of LANES_T channels (GCC/Clang vector extensions), one register each. */
+typedef float vfloat __attribute__((vector_size(VECTOR_BYTES)));
+typedef int32_t vint_float __attribute__((vector_size(VECTOR_BYTES)));
+typedef uint8_t vbyte_float __attribute__((vector_size(LANES_float)));
+typedef double vdouble __attribute__((vector_size(VECTOR_BYTES)));
+typedef int64_t vint_double __attribute__((vector_size(VECTOR_BYTES)));
+typedef uint8_t vbyte_double __attribute__((vector_size(LANES_double)));
 
 #define STAT_LANES 8
 typedef float vstat_float __attribute__((vector_size(STAT_LANES * sizeof(float))));
@@ -98,13 +112,13 @@ typedef double vstat_double __attribute__((vector_size(STAT_LANES * sizeof(doubl
     void forward_##T(const T *restrict x, const T *restrict map, T *restrict pooled,        \
                      uint8_t *restrict argmax, int64_t N, int64_t Cin, int64_t H, int64_t W, \
                      int64_t C) {                                                           \
-        const int64_t P = Cin * 9, Ho = H / 2, Wo = W / 2, blocks = C / LANES;              \
+        const int64_t P = Cin * 9, Ho = H / 2, Wo = W / 2, blocks = C / LANES_##T;          \
         T p[4][MAX_PATCH + 1];                                                              \
         T padded[Cin * (H + 2) * (W + 2)];                                                  \
         v##T rows[blocks][MAX_PATCH + 1];                                                   \
         for (int64_t b = 0; b < blocks; ++b)                                                \
             for (int64_t q = 0; q <= P; ++q)                                                \
-                memcpy(&rows[b][q], map + q * C + b * LANES, sizeof(v##T));                 \
+                memcpy(&rows[b][q], map + q * C + b * LANES_##T, sizeof(v##T));             \
         for (int64_t n = 0; n < N; ++n) {                                                   \
             pad_##T(x + n * Cin * H * W, Cin, H, W, padded);                                \
             for (int64_t i = 0; i < Ho; ++i)                                                \
@@ -124,9 +138,9 @@ typedef double vstat_double __attribute__((vector_size(STAT_LANES * sizeof(doubl
                             best = (v##T)((take & (vint_##T)out[k]) | (~take & (vint_##T)best)); \
                             arg = (take & k) | (~take & arg);                               \
                         }                                                                   \
-                        const int64_t at = ((n * Ho + i) * Wo + j) * C + b * LANES;         \
+                        const int64_t at = ((n * Ho + i) * Wo + j) * C + b * LANES_##T;     \
                         memcpy(pooled + at, &best, sizeof best);                            \
-                        const vbyte bytes = __builtin_convertvector(arg, vbyte);           \
+                        const vbyte_##T bytes = __builtin_convertvector(arg, vbyte_##T);    \
                         memcpy(argmax + at, &bytes, sizeof bytes);                          \
                     }                                                                       \
                 }                                                                           \
@@ -139,7 +153,7 @@ typedef double vstat_double __attribute__((vector_size(STAT_LANES * sizeof(doubl
     void backward_##T(const T *restrict x, const uint8_t *restrict argmax,                  \
                       const T *restrict grad, T *restrict grad_map, int64_t N, int64_t Cin, \
                       int64_t H, int64_t W, int64_t C) {                                    \
-        const int64_t P = Cin * 9, Ho = H / 2, Wo = W / 2, blocks = C / LANES;              \
+        const int64_t P = Cin * 9, Ho = H / 2, Wo = W / 2, blocks = C / LANES_##T;          \
         T p[4][MAX_PATCH + 1];                                                              \
         T padded[Cin * (H + 2) * (W + 2)];                                                  \
         v##T total[blocks][MAX_PATCH + 1], image[blocks][MAX_PATCH + 1];                    \
@@ -151,9 +165,9 @@ typedef double vstat_double __attribute__((vector_size(STAT_LANES * sizeof(doubl
                 for (int64_t j = 0; j < Wo; ++j) {                                          \
                     window_##T(padded, Cin, H, W, i, j, p);                                 \
                     for (int64_t b = 0; b < blocks; ++b) {                                  \
-                        const int64_t at = ((n * Ho + i) * Wo + j) * C + b * LANES;         \
+                        const int64_t at = ((n * Ho + i) * Wo + j) * C + b * LANES_##T;     \
                         v##T g, masked[4];                                                  \
-                        vbyte bytes;                                                        \
+                        vbyte_##T bytes;                                                    \
                         memcpy(&g, grad + at, sizeof g);                                    \
                         memcpy(&bytes, argmax + at, sizeof bytes);                          \
                         const vint_##T arg = __builtin_convertvector(bytes, vint_##T);      \
@@ -170,7 +184,7 @@ typedef double vstat_double __attribute__((vector_size(STAT_LANES * sizeof(doubl
         }                                                                                   \
         for (int64_t b = 0; b < blocks; ++b)                                                \
             for (int64_t q = 0; q <= P; ++q)                                                \
-                memcpy(grad_map + q * C + b * LANES, &total[b][q], sizeof(v##T));           \
+                memcpy(grad_map + q * C + b * LANES_##T, &total[b][q], sizeof(v##T));       \
     }
 
 PAD(float)

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_suffix(".c")
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
 _TYPES = {torch.float32: "float", torch.float64: "double"}
-LANES = 16  # the kernel takes channels in blocks of this many (fused_first_block.c)
+LANES = 16  # channels in multiples of this: every vector width in fused_first_block.c divides it
 _lock = threading.Lock()
 
 
