@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from metalab import native
 from metalab.algorithms import build_algorithm
 from metalab.algorithms.lstm_cell import LSTMCell
 from metalab.algorithms.matchingnet import MatchingNet
@@ -26,17 +27,22 @@ from metalab.models import build_model
 from metalab.models.conv4 import Conv4
 from metalab.models.embedding import without_head
 from metalab.models.mlp import MLP
+from metalab.native import fused_first_block
+from metalab.native.fused_first_block import LANES
 from metalab.preflight import check_head
 from tests.helpers.cases import RandomImages, sample_batch
 from tests.helpers.reference import relative_error
 
 STRATEGIES = {"loop": LoopStrategy(), "vmap": VmapStrategy(chunk=2)}
+needs_kernel = pytest.mark.skipif(
+    fused_first_block.library() is None, reason="no C compiler for the fused kernel"
+)
 
 
-def embedding_case(ways: int = 3, shots: int = 2, queries: int = 2):
+def embedding_case(ways: int = 3, shots: int = 2, queries: int = 2, channels: int = 4):
     """A float64 Conv-4 embedding (4 channels, batch norm) and 3 random-image tasks."""
     torch.manual_seed(0)
-    model = without_head(Conv4(1, 3, image_size=16, channels=4), (1, 16, 16)).double()
+    model = without_head(Conv4(1, 3, image_size=16, channels=channels), (1, 16, 16)).double()
     batch = sample_batch(NWayKShot(RandomImages(), ways, shots, queries), tasks=3)
     return model, batch.to("cpu", torch.float64)
 
@@ -271,6 +277,32 @@ def test_siamese_balanced_pair_loss_and_gradient_match_reference(strategy):
     )
     assert relative_error(grads, expected) < 1e-10
     assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+
+
+@needs_kernel
+@pytest.mark.parametrize("method", ["protonet", "matchingnet", "siamese"])
+def test_metric_training_passes_take_the_native_first_block_and_stay_exact(method):
+    """A metric method's loss is differentiated once, so its training passes may run Conv-4's
+    first block as the native kernel (32 channels: the fewest whose batch norm folds into the
+    convolution, in the kernel's lanes of 16); the meta-gradient still
+    equals the reference's, whose blocks are F.conv2d / F.batch_norm."""
+    model, batch = embedding_case(channels=2 * LANES)
+    inner = InnerLoop(model, CLASSIFICATION)
+    algorithm = {
+        "protonet": lambda: ProtoNet(inner),
+        "matchingnet": lambda: MatchingNet(inner, scale=2.0),
+        "siamese": lambda: Siamese(inner),
+    }[method]().double()
+    head = getattr(algorithm, "pair_head", None)
+    task_loss = {
+        "protonet": protonet_task_loss,
+        "matchingnet": lambda p, t: matching_task_loss(p, t, 2.0),
+        "siamese": lambda p, t: siamese_task_loss(p, t, head and head.weighted_l1),
+    }[method]
+    native.reset()
+    _, grads = metalab_gradient(algorithm, model, batch, LoopStrategy())
+    assert native.record()["passes"] == {"native": len(batch), "composite": 0}
+    assert relative_error(grads, reference_gradient(task_loss, model, batch)) < 1e-10
 
 
 def test_siamese_classifies_by_the_most_similar_support_image():

@@ -19,6 +19,7 @@ from torch.func import functional_call
 from metalab.algorithms.base import TaskObjective
 from metalab.errors import ConfigError
 from metalab.inner_loop import InnerLoop, Params
+from metalab.models.single_backward import backward_once
 
 
 def class_onehot(labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -63,8 +64,12 @@ class MetricAlgorithm(TaskObjective):
         self, params: Params, support_x: torch.Tensor, query_x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Support and query embeddings from one pass (batch norm sees the whole episode, as
-        in the ProtoNets code; transductive at test time, like MAML's batch statistics)."""
-        both = self.embed(params, torch.cat([support_x, query_x]))
+        in the ProtoNets code; transductive at test time, like MAML's batch statistics).
+
+        The pass is differentiated once (no inner loop), so Conv-4's first block may take the
+        native kernel; a second backward through it would be refused, not answered wrongly."""
+        with backward_once():
+            both = self.embed(params, torch.cat([support_x, query_x]))
         return both[: support_x.shape[0]], both[support_x.shape[0] :]
 
     def class_scores(self, params, support_x, support_y, query_x) -> torch.Tensor:
