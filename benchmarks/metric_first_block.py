@@ -10,7 +10,7 @@ paths in one process: rounds alternate between them (the kernel switched off wit
 
 Each step is what ``MetaLearner.training_step`` does: the algorithm's ``outer_step`` with
 the loop strategy (``strategy=auto``'s choice for Conv-4 on the CPU), then Adam. The model
-is built as training builds it (``build_model`` without a head, channels-last on the CPU).
+and algorithm are built as training builds them (``MetaLearner`` from the composed preset).
 
 Run: ``python benchmarks/metric_first_block.py`` (``--threads``, ``--rounds``, ``--presets``).
 """
@@ -23,47 +23,54 @@ import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from metalab import native
-from metalab.algorithms import build_algorithm
 from metalab.data.tasks import TaskBatch
 from metalab.execution import LoopStrategy
-from metalab.inner_loop import InnerLoop
-from metalab.losses import CLASSIFICATION
-from metalab.models import build_model
-from metalab.models.layout import apply_memory_format
+from metalab.module import MetaLearner
 from metalab.native import fused_first_block
+from metalab.paths import config_dir
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 IMAGE = (1, 28, 28)
 SWITCH = "METALAB_NATIVE_KERNELS"
 
 
 @dataclass(frozen=True)
 class Episode:
-    """A preset's training episode: its algorithm and shapes (conf/experiment/<preset>)."""
+    """A preset's training episode: the composed training config (``experiment=<preset>``)."""
 
     preset: str
-    algorithm: dict  # conf/algorithm/<name>.yaml with the preset's overrides
-    ways: int
-    shots: int
-    queries: int
+    config: dict
 
     @classmethod
     def of(cls, preset: str) -> Episode:
-        cfg = OmegaConf.load(CONF / "experiment" / f"{preset}.yaml")
-        name = next(d["override /algorithm"] for d in cfg.defaults if "override /algorithm" in d)
-        algorithm = OmegaConf.merge(
-            OmegaConf.load(CONF / "algorithm" / f"{name}.yaml"), cfg.get("algorithm", {})
-        )
-        data = cfg.dataset
-        return cls(preset, OmegaConf.to_container(algorithm), data.ways, data.shots, data.queries)
+        with initialize_config_dir(config_dir(), version_base="1.3"):
+            cfg = compose("train", overrides=[f"experiment={preset}"])
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        plain.pop("hydra", None)
+        return cls(preset, plain)
+
+    @property
+    def algorithm(self) -> dict:
+        return self.config["algorithm"]
+
+    @property
+    def ways(self) -> int:
+        return self.config["dataset"]["ways"]
+
+    @property
+    def shots(self) -> int:
+        return self.config["dataset"]["shots"]
+
+    @property
+    def queries(self) -> int:
+        return self.config["dataset"]["queries"]
 
     def batch(self, generator: torch.Generator) -> TaskBatch:
         def images(per_class: int) -> torch.Tensor:
@@ -106,11 +113,8 @@ def kernel(on: bool):
 
 def training_step(episode: Episode):
     """One outer step of ``episode``'s algorithm as training takes it, as a closure."""
-    model_cfg = OmegaConf.load(CONF / "model" / "conv4.yaml")
-    model = build_model(model_cfg, IMAGE, episode.ways, head=False)
-    apply_memory_format(model, "channels_last")
-    algorithm_cfg = OmegaConf.create(episode.algorithm)
-    algorithm = build_algorithm(algorithm_cfg, InnerLoop(model, CLASSIFICATION))
+    learner = MetaLearner(episode.config, IMAGE, episode.ways)  # model, layout, algorithm
+    model, algorithm = learner.model, learner.algorithm
     params = dict(model.named_parameters())
     optimizer = torch.optim.Adam([*params.values(), *algorithm.parameters()], lr=1e-3)
     strategy = LoopStrategy()
