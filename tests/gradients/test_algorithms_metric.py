@@ -40,7 +40,7 @@ needs_kernel = pytest.mark.skipif(
 
 
 def embedding_case(ways: int = 3, shots: int = 2, queries: int = 2, channels: int = 4):
-    """A float64 Conv-4 embedding (4 channels, batch norm) and 3 random-image tasks."""
+    """A float64 Conv-4 embedding (4 channels unless said, batch norm) and 3 random-image tasks."""
     torch.manual_seed(0)
     model = without_head(Conv4(1, 3, image_size=16, channels=channels), (1, 16, 16)).double()
     batch = sample_batch(NWayKShot(RandomImages(), ways, shots, queries), tasks=3)
@@ -284,8 +284,8 @@ def test_siamese_balanced_pair_loss_and_gradient_match_reference(strategy):
 def test_metric_training_passes_take_the_native_first_block_and_stay_exact(method):
     """A metric method's loss is differentiated once, so its training passes may run Conv-4's
     first block as the native kernel (32 channels: the fewest whose batch norm folds into the
-    convolution, in the kernel's lanes of 16); the meta-gradient still
-    equals the reference's, whose blocks are F.conv2d / F.batch_norm."""
+    convolution, in the kernel's lanes of 16); the meta-gradient still equals the reference's,
+    whose blocks are F.conv2d / F.batch_norm."""
     model, batch = embedding_case(channels=2 * LANES)
     inner = InnerLoop(model, CLASSIFICATION)
     algorithm = {
